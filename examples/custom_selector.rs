@@ -1,0 +1,54 @@
+//! A user-defined `TokenSelector`: keep the last k tokens (a sliding-window baseline), run it
+//! through the same pipeline as GemFilter and compare the answers.
+//!
+//! ```text
+//! cargo run --release -p gemfilter-examples --example custom_selector -- [MODEL_DIR]
+//! ```
+
+use anyhow::Result;
+use gemfilter_core::{Probe, Selection, TokenSelector};
+use gemfilter_models::burn::tensor::Device;
+use gemfilter_models::{Model, Request};
+
+/// Keeps the `k` most recent positions; scores are the positions themselves.
+struct LastTokens;
+
+impl TokenSelector for LastTokens {
+    fn name(&self) -> &str {
+        "last-tokens"
+    }
+
+    fn select(&self, probe: &Probe, budget: usize) -> gemfilter_core::Result<Selection> {
+        let n = probe.num_positions();
+        let k = budget.min(n);
+        Ok(Selection {
+            positions: (n - k..n).collect(),
+            scores: (0..n).map(|p| p as f32).collect(),
+        })
+    }
+}
+
+fn main() -> Result<()> {
+    let folder = std::env::args().nth(1).unwrap_or_else(|| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/llama-gqa").to_string()
+    });
+    let model = Model::load(&folder, &Device::flex())?;
+    let prompt = "Remember: the secret number is 4721. ".to_string()
+        + &"The river runs under the old stone bridge. ".repeat(30)
+        + "What is the secret number?";
+
+    for (name, selector) in [
+        ("gemfilter", None),
+        ("last-tokens", Some(&LastTokens as &dyn TokenSelector)),
+    ] {
+        let request = Request {
+            selector,
+            max_new_tokens: 16,
+            ..Request::gemfilter(32)
+        };
+        let answer = model.generate(&prompt, &request)?;
+        println!("{name:>12}: {:?}", answer.text);
+        println!("{:>12}  kept: {}", "", model.kept_text(&answer)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! `gemfilter generate`: answer a prompt with GemFilter or full attention.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use gemfilter_core::Sampling;
+use gemfilter_models::{Answer, Mode, Model, Request};
+use serde_json::json;
+
+use super::{load_model, select_device};
+use crate::backend::Backend;
+
+/// Arguments of `gemfilter generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Hugging Face model folder (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Read the prompt from this file.
+    #[arg(long, conflicts_with = "prompt", required_unless_present = "prompt")]
+    pub prompt_file: Option<PathBuf>,
+    /// The prompt text.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Tokens kept by the selection (k).
+    #[arg(long, default_value_t = 1024)]
+    pub top_k: usize,
+    /// 0-based filter layer r (default: the model's known or fallback layer; see `inspect`).
+    #[arg(long)]
+    pub filter_layer: Option<usize>,
+    /// Use full attention over the whole prompt instead of GemFilter.
+    #[arg(long)]
+    pub full: bool,
+    /// Upper bound on generated tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Wrap the prompt as a user turn of the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Compute backend (default: flex when compiled in).
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
+    /// Device index for GPU backends.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+    /// Sample with this temperature instead of greedy decoding.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus mass kept when sampling.
+    #[arg(long, default_value_t = 1.0, requires = "temperature")]
+    pub top_p: f32,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0, requires = "temperature")]
+    pub seed: u64,
+    /// Print exactly one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the subcommand.
+pub fn run(args: GenerateArgs) -> Result<()> {
+    if args.top_k == 0 {
+        bail!("--top-k must be at least 1 (got 0)");
+    }
+    let prompt = match (&args.prompt, &args.prompt_file) {
+        (Some(text), _) => text.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read prompt file {}", path.display()))?,
+        (None, None) => bail!("give the prompt with --prompt TEXT or --prompt-file FILE"),
+    };
+    if prompt.trim().is_empty() {
+        bail!("the prompt is empty: nothing to generate from");
+    }
+    let (backend, device) = select_device(args.backend, args.device)?;
+    let model = load_model(&args.model, &device)?;
+    if let Some(layer) = args.filter_layer {
+        let layers = model.decoder().config().num_layers;
+        if layer >= layers {
+            bail!(
+                "--filter-layer {layer} is out of range: the model has {layers} layers (valid: 0..={})",
+                layers - 1
+            );
+        }
+    }
+    let sampling = match args.temperature {
+        None => Sampling::Greedy,
+        Some(temperature) => Sampling::TopP {
+            temperature,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+    };
+    let mode = if args.full {
+        Mode::Full
+    } else {
+        Mode::GemFilter {
+            filter_layer: args.filter_layer,
+            top_k: args.top_k,
+        }
+    };
+    let request = Request {
+        mode,
+        max_new_tokens: args.max_new_tokens,
+        chat: args.chat,
+        sampling,
+        selector: None,
+    };
+    let answer = model.generate(&prompt, &request)?;
+    if args.json {
+        print_json(&args, backend, &model, &answer)
+    } else {
+        print_human(backend, &model, &answer)
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn print_json(args: &GenerateArgs, backend: Backend, model: &Model, answer: &Answer) -> Result<()> {
+    let generation = &answer.generation;
+    let selection = generation.selection.as_ref();
+    let object = json!({
+        "model": args.model.display().to_string(),
+        "architecture": model.info().architecture.name(),
+        "backend": backend.name(),
+        "method": if answer.top_k.is_some() { "gemfilter" } else { "full" },
+        "input_tokens": generation.input_tokens,
+        "kept_tokens": generation.kept_tokens,
+        "filter_layer": answer.filter_layer,
+        "top_k": answer.top_k,
+        "selected_positions": selection.map(|s| s.positions.clone()),
+        "kept_text": if selection.is_some() { Some(model.kept_text(answer)?) } else { None },
+        "answer": answer.text,
+        "answer_tokens": generation.tokens,
+        "finish_reason": generation.finish_reason,
+        "timings_ms": {
+            "select": ms(generation.timings.select),
+            "prefill": ms(generation.timings.prefill),
+            "decode": ms(generation.timings.decode),
+        },
+    });
+    println!("{}", serde_json::to_string(&object)?);
+    Ok(())
+}
+
+fn print_human(backend: Backend, model: &Model, answer: &Answer) -> Result<()> {
+    let generation = &answer.generation;
+    let timings = generation.timings;
+    println!("{}", answer.text.trim());
+    println!();
+    let config = model.decoder().config();
+    println!(
+        "model:   {} ({}, {} layers) on {}",
+        model.info().path.display(),
+        model.info().architecture.name(),
+        config.num_layers,
+        backend.name()
+    );
+    match (answer.filter_layer, answer.top_k) {
+        (Some(layer), Some(top_k)) => println!(
+            "method:  gemfilter, filter layer {layer}, top-k {top_k}: {} → {} tokens",
+            generation.input_tokens, generation.kept_tokens
+        ),
+        _ => println!(
+            "method:  full attention over {} tokens",
+            generation.input_tokens
+        ),
+    }
+    let decode_rate = if timings.decode.as_secs_f64() > 0.0 && generation.tokens.len() > 1 {
+        format!(
+            ", {:.1} tokens/s",
+            (generation.tokens.len() - 1) as f64 / timings.decode.as_secs_f64()
+        )
+    } else {
+        String::new()
+    };
+    println!(
+        "timings: select {:.3} s, prefill {:.3} s, decode {:.3} s ({} tokens{decode_rate}, {:?})",
+        timings.select.as_secs_f64(),
+        timings.prefill.as_secs_f64(),
+        timings.decode.as_secs_f64(),
+        generation.tokens.len(),
+        generation.finish_reason,
+    );
+    if generation.selection.is_some() {
+        println!();
+        println!(
+            "kept text ({} marks dropped text):",
+            gemfilter_models::GAP_MARKER.trim()
+        );
+        println!("{}", model.kept_text(answer)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! `gemfilter inspect`: what a model is and how GemFilter would use it.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use gemfilter_core::RopeScaling;
+use gemfilter_models::FilterLayerSource;
+use serde_json::json;
+
+use super::{load_model, select_device};
+use crate::backend::Backend;
+
+/// Arguments of `gemfilter inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Hugging Face model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Backend used to load the weights (default: flex when compiled in).
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the subcommand.
+pub fn run(args: InspectArgs) -> Result<()> {
+    let (_, device) = select_device(args.backend, 0)?;
+    let model = load_model(&args.model, &device)?;
+    let info = model.info();
+    let c = model.decoder().config();
+    let rope = match &c.rope.scaling {
+        RopeScaling::None => "default".to_string(),
+        RopeScaling::Linear { factor } => format!("linear (factor {factor})"),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => format!(
+            "llama3 (factor {factor}, low {low_freq_factor}, high {high_freq_factor}, original context {original_max_position_embeddings})"
+        ),
+        RopeScaling::LongRope {
+            original_max_position_embeddings,
+            attention_factor,
+            ..
+        } => format!(
+            "longrope (original context {original_max_position_embeddings}, attention factor {attention_factor:.4})"
+        ),
+    };
+    let source = match &info.filter_layer.source {
+        FilterLayerSource::Known(name) => format!("known: {name}"),
+        FilterLayerSource::Fallback => {
+            "fallback: round(layers × 13 / 32), not calibrated".to_string()
+        }
+    };
+    if args.json {
+        let object = json!({
+            "model": info.path.display().to_string(),
+            "architecture": info.architecture.name(),
+            "config": c,
+            "eos_token_ids": info.eos_token_ids,
+            "chat_template": model.chat_template().is_some(),
+            "default_filter_layer": info.filter_layer,
+            "weight_files": info.weight_files,
+            "unused_tensors": info.unused_tensors,
+        });
+        println!("{}", serde_json::to_string_pretty(&object)?);
+        return Ok(());
+    }
+    println!("model:          {}", info.path.display());
+    println!("architecture:   {}", info.architecture.name());
+    println!("layers:         {}", c.num_layers);
+    println!(
+        "hidden size:    {} (MLP {})",
+        c.hidden_size, c.intermediate_size
+    );
+    println!(
+        "attention:      {} heads, {} KV heads ({} per group), head_dim {}",
+        c.num_heads,
+        c.num_kv_heads,
+        c.kv_groups(),
+        c.head_dim
+    );
+    println!(
+        "window:         {}",
+        c.sliding_window
+            .map_or("none".to_string(), |w| format!("{w} positions"))
+    );
+    println!(
+        "rope:           θ = {}, rotary dims {}, {rope}",
+        c.rope.theta, c.rope.rotary_dim
+    );
+    println!("context:        {} positions", c.max_position_embeddings);
+    println!(
+        "vocabulary:     {} ({} in tokenizer)",
+        c.vocab_size,
+        model.tokenizer().vocab_size()
+    );
+    println!(
+        "embeddings:     {}",
+        if c.tie_word_embeddings {
+            "tied"
+        } else {
+            "separate LM head"
+        }
+    );
+    println!("eos token ids:  {:?}", info.eos_token_ids);
+    println!(
+        "chat template:  {}",
+        if model.chat_template().is_some() {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    println!("filter layer:   {} ({source})", info.filter_layer.layer);
+    if !info.unused_tensors.is_empty() {
+        println!("unused tensors: {}", info.unused_tensors.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! `gemfilter`: long-context generation with GemFilter token selection.
+//!
+//! Every failure a user can cause is printed as one `error: …` line on stderr with exit code 2.
+
+mod backend;
+mod commands;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// GemFilter: answer long prompts by letting an early layer pick the tokens that matter.
+#[derive(Debug, Parser)]
+#[command(name = "gemfilter", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate an answer with GemFilter (default) or full attention.
+    Generate(commands::generate::GenerateArgs),
+    /// Print a model's architecture summary and default filter layer.
+    Inspect(commands::inspect::InspectArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line: the chain of causes joined, so scripts can grep it.
+            let message = error
+                .chain()
+                .map(|cause| cause.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
+            eprintln!("error: {}", message.replace('\n', " "));
+            ExitCode::from(2)
+        }
+    }
+}

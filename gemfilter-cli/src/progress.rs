@@ -1,0 +1,61 @@
+//! Progress bars on stderr, shown only when stderr is a terminal.
+
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gemfilter_core::{ForwardProgress, ProgressHook};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Whether progress should be drawn (stderr is a terminal).
+pub fn enabled() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// A spinner with a message, hidden when not on a terminal.
+pub fn spinner(message: impl Into<String>) -> ProgressBar {
+    if !enabled() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid template"),
+    );
+    bar.set_message(message.into());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// A hook drawing one bar per multi-token forward pass (layers done / layers of the pass).
+/// Single-token decode steps are not drawn.
+pub fn forward_hook() -> Option<ProgressHook> {
+    if !enabled() {
+        return None;
+    }
+    let current: Arc<Mutex<Option<ProgressBar>>> = Arc::new(Mutex::new(None));
+    Some(ProgressHook(Arc::new(move |p: ForwardProgress| {
+        if p.positions <= 1 {
+            return;
+        }
+        let mut slot = current.lock().expect("progress lock");
+        let bar = slot.get_or_insert_with(|| {
+            let bar = ProgressBar::new(p.layers_total as u64);
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] layer {pos}/{len} ({elapsed}, eta {eta})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_message(format!("forward over {} tokens", p.positions));
+            bar
+        });
+        bar.set_position(p.layers_done as u64);
+        if p.layers_done >= p.layers_total {
+            bar.finish_and_clear();
+            *slot = None;
+        }
+    })))
+}

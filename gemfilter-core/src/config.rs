@@ -1,0 +1,222 @@
+//! Architecture-neutral description of a decoder-only transformer.
+//!
+//! Model crates translate their file formats (Hugging Face `config.json`, GGUF metadata) into a
+//! [`DecoderConfig`]; nothing in this crate knows model names.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CoreError, Result};
+
+/// How rotary position embeddings derive their inverse frequencies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    /// Plain RoPE: `inv_freq[i] = theta^(-2i/d)`.
+    None,
+    /// Position interpolation: every inverse frequency divided by `factor`.
+    Linear {
+        /// Interpolation factor (> 0).
+        factor: f64,
+    },
+    /// LLaMA 3.1 frequency-dependent scaling (`rope_type: "llama3"`).
+    Llama3 {
+        /// Scale applied to low frequencies.
+        factor: f64,
+        /// Wavelength threshold (as a divisor of the original context) below which frequencies
+        /// are scaled fully.
+        low_freq_factor: f64,
+        /// Wavelength threshold above which frequencies are left unchanged.
+        high_freq_factor: f64,
+        /// Context length the model was pre-trained with.
+        original_max_position_embeddings: usize,
+    },
+    /// Phi-3 "longrope" (older checkpoints: "su"): per-frequency factors, the long set used once
+    /// the sequence exceeds the original context, and a constant attention scaling of cos/sin.
+    LongRope {
+        /// Per-frequency divisors used for sequences within the original context.
+        short_factor: Vec<f64>,
+        /// Per-frequency divisors used for sequences longer than the original context.
+        long_factor: Vec<f64>,
+        /// Context length the model was pre-trained with.
+        original_max_position_embeddings: usize,
+        /// Multiplier applied to cos and sin.
+        attention_factor: f64,
+    },
+}
+
+/// Rotary position embedding parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RopeConfig {
+    /// Base of the geometric frequency progression (`rope_theta`).
+    pub theta: f64,
+    /// Number of leading dimensions of each head that rotate (`head_dim` unless partial rotary).
+    pub rotary_dim: usize,
+    /// Frequency scaling scheme.
+    pub scaling: RopeScaling,
+}
+
+/// Activation used inside the gated MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `x * sigmoid(x)` (LLaMA, Mistral, Phi-3).
+    Silu,
+}
+
+/// Everything the decoder needs to know about an architecture's shapes and numerics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecoderConfig {
+    /// Vocabulary size (rows of the embedding and of the LM head).
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP's hidden layer.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_layers: usize,
+    /// Number of query heads.
+    pub num_heads: usize,
+    /// Number of key/value heads (grouped-query attention when smaller than `num_heads`).
+    pub num_kv_heads: usize,
+    /// Width of each attention head; may differ from `hidden_size / num_heads`.
+    pub head_dim: usize,
+    /// Epsilon of every RMSNorm.
+    pub rms_norm_eps: f64,
+    /// Rotary embedding parameters.
+    pub rope: RopeConfig,
+    /// Longest sequence (in positions) the model accepts.
+    pub max_position_embeddings: usize,
+    /// Keys further than this many positions behind a query are invisible to it (Mistral).
+    pub sliding_window: Option<usize>,
+    /// Whether the LM head reuses the token embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// Whether the q/k/v projections carry a bias.
+    pub attention_bias: bool,
+    /// Whether the MLP projections carry a bias.
+    pub mlp_bias: bool,
+    /// Gated MLP activation.
+    pub activation: Activation,
+}
+
+impl DecoderConfig {
+    /// Number of query heads sharing one key/value head.
+    pub fn kv_groups(&self) -> usize {
+        self.num_heads / self.num_kv_heads
+    }
+
+    /// Checks the invariants the decoder relies on, naming the offending field.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(CoreError::InvalidConfig(format!(
+                    "`{name}` must be positive"
+                )));
+            }
+        }
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            return Err(CoreError::InvalidConfig(format!(
+                "`num_attention_heads` ({}) must be a multiple of `num_key_value_heads` ({})",
+                self.num_heads, self.num_kv_heads
+            )));
+        }
+        if self.rope.rotary_dim == 0
+            || self.rope.rotary_dim > self.head_dim
+            || !self.rope.rotary_dim.is_multiple_of(2)
+        {
+            return Err(CoreError::InvalidConfig(format!(
+                "rotary dimension {} must be even and within head_dim {}",
+                self.rope.rotary_dim, self.head_dim
+            )));
+        }
+        if !(self.rope.theta.is_finite() && self.rope.theta > 0.0) {
+            return Err(CoreError::InvalidConfig(format!(
+                "`rope_theta` must be a positive number, got {}",
+                self.rope.theta
+            )));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            return Err(CoreError::InvalidConfig(format!(
+                "`rms_norm_eps` must be a non-negative number, got {}",
+                self.rms_norm_eps
+            )));
+        }
+        if self.sliding_window == Some(0) {
+            return Err(CoreError::InvalidConfig(
+                "`sliding_window` must be positive when set".into(),
+            ));
+        }
+        match &self.rope.scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => check_factor("rope_scaling.factor", *factor)?,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                check_factor("rope_scaling.factor", *factor)?;
+                check_factor("rope_scaling.low_freq_factor", *low_freq_factor)?;
+                check_factor("rope_scaling.high_freq_factor", *high_freq_factor)?;
+                if high_freq_factor <= low_freq_factor {
+                    return Err(CoreError::InvalidConfig(format!(
+                        "`rope_scaling.high_freq_factor` ({high_freq_factor}) must exceed `low_freq_factor` ({low_freq_factor})"
+                    )));
+                }
+                if *original_max_position_embeddings == 0 {
+                    return Err(CoreError::InvalidConfig(
+                        "`rope_scaling.original_max_position_embeddings` must be positive".into(),
+                    ));
+                }
+            }
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+            } => {
+                let half = self.rope.rotary_dim / 2;
+                for (name, factors) in [
+                    ("rope_scaling.short_factor", short_factor),
+                    ("rope_scaling.long_factor", long_factor),
+                ] {
+                    if factors.len() != half {
+                        return Err(CoreError::InvalidConfig(format!(
+                            "`{name}` has {} entries, expected rotary_dim / 2 = {half}",
+                            factors.len()
+                        )));
+                    }
+                    for f in factors {
+                        check_factor(name, *f)?;
+                    }
+                }
+                check_factor("rope_scaling.attention_factor", *attention_factor)?;
+                if *original_max_position_embeddings == 0 {
+                    return Err(CoreError::InvalidConfig(
+                        "`original_max_position_embeddings` must be positive".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_factor(name: &str, value: f64) -> Result<()> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(CoreError::InvalidConfig(format!(
+            "`{name}` must be a positive number, got {value}"
+        )))
+    }
+}

@@ -1,0 +1,342 @@
+//! The decoder-only transformer: full forward, cached decoding and the early-exit probe.
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+use crate::cache::KvCache;
+use crate::config::DecoderConfig;
+use crate::error::{CoreError, Result};
+use crate::nn::{AttentionSpan, DecoderLayer, RmsNorm, RotaryEmbedding};
+use crate::probe::{LayerObserver, Probe};
+
+/// Default bound on attention scores held at once (elements; 32 Mi × 4 bytes = 128 MiB in f32).
+pub const DEFAULT_MAX_SCORES_PER_BLOCK: usize = 32 << 20;
+
+/// The parameters of a decoder, laid out as Hugging Face names them (without the `model.`
+/// prefix): `embed_tokens`, `layers.N.…`, `norm`, `lm_head`.
+#[derive(Module, Debug)]
+pub struct DecoderWeights {
+    /// Token embedding `[vocab, hidden]`.
+    pub embed_tokens: Embedding,
+    /// The decoder layers in order.
+    pub layers: Vec<DecoderLayer>,
+    /// Final norm before the LM head.
+    pub norm: RmsNorm,
+    /// Output projection; `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Linear>,
+}
+
+impl DecoderWeights {
+    /// Parameters shaped by `config`. They are initialised lazily: a loader replaces them
+    /// before first use; untouched ones materialise with Burn's random initialisers (useful for
+    /// benchmarks on random weights).
+    pub fn new(config: &DecoderConfig, device: &Device) -> Self {
+        Self {
+            embed_tokens: EmbeddingConfig::new(config.vocab_size, config.hidden_size).init(device),
+            layers: (0..config.num_layers)
+                .map(|_| DecoderLayer::new(config, device))
+                .collect(),
+            norm: RmsNorm::new(config.hidden_size, config.rms_norm_eps, device),
+            lm_head: (!config.tie_word_embeddings).then(|| {
+                LinearConfig::new(config.hidden_size, config.vocab_size)
+                    .with_bias(false)
+                    .init(device)
+            }),
+        }
+    }
+}
+
+/// Where a forward pass stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopAt {
+    /// Run every layer, the final norm and the LM head (last position only).
+    Logits,
+    /// Early exit: layers before this one run fully; this one computes only its probe.
+    Probe(usize),
+}
+
+/// Progress of a forward pass, reported after each layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardProgress {
+    /// Layers finished in this pass.
+    pub layers_done: usize,
+    /// Layers this pass runs (fewer than the model has for an early exit).
+    pub layers_total: usize,
+    /// Positions processed by each layer of this pass.
+    pub positions: usize,
+}
+
+/// Callback receiving [`ForwardProgress`] (e.g. to drive a progress bar).
+#[derive(Clone)]
+pub struct ProgressHook(pub std::sync::Arc<dyn Fn(ForwardProgress) + Send + Sync>);
+
+impl std::fmt::Debug for ProgressHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressHook")
+    }
+}
+
+/// A decoder-only transformer bound to one device.
+///
+/// The same code serves every Burn backend: the backend is whatever `Device` the weights live
+/// on.
+#[derive(Debug)]
+pub struct Decoder {
+    weights: DecoderWeights,
+    config: DecoderConfig,
+    rope: RotaryEmbedding,
+    device: Device,
+    max_scores_per_block: usize,
+    progress: Option<ProgressHook>,
+}
+
+impl Decoder {
+    /// A decoder with lazily initialised weights; load real ones with [`Decoder::weights_mut`].
+    pub fn new(config: DecoderConfig, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let weights = DecoderWeights::new(&config, device);
+        Ok(Self::from_parts(config, weights, device))
+    }
+
+    /// Assembles a decoder from weights built elsewhere.
+    pub fn from_parts(config: DecoderConfig, weights: DecoderWeights, device: &Device) -> Self {
+        Self {
+            rope: RotaryEmbedding::new(&config.rope),
+            weights,
+            config,
+            device: device.clone(),
+            max_scores_per_block: DEFAULT_MAX_SCORES_PER_BLOCK,
+            progress: None,
+        }
+    }
+
+    /// The architecture description.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    /// The device every tensor of this decoder lives on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The parameters.
+    pub fn weights(&self) -> &DecoderWeights {
+        &self.weights
+    }
+
+    /// The parameters, for loaders.
+    pub fn weights_mut(&mut self) -> &mut DecoderWeights {
+        &mut self.weights
+    }
+
+    /// Floating-point type of the activations (that of the embedding).
+    pub fn dtype(&self) -> DType {
+        self.weights.embed_tokens.weight.val().dtype()
+    }
+
+    /// Bounds the attention scores materialised at once (elements, all heads together);
+    /// smaller values lower peak memory on long prompts at some speed cost.
+    pub fn set_max_scores_per_block(&mut self, elements: usize) {
+        self.max_scores_per_block = elements.max(1);
+    }
+
+    /// Calls `hook` after every layer of every forward pass (`None` removes it).
+    pub fn set_progress_hook(&mut self, hook: Option<ProgressHook>) {
+        self.progress = hook;
+    }
+
+    /// An empty KV cache able to hold `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(
+            self.config.num_layers,
+            self.config.num_kv_heads,
+            self.config.head_dim,
+            capacity,
+            self.dtype(),
+            &self.device,
+        )
+    }
+
+    /// Runs `ids` (appended after what `cache` holds) through every layer and returns the
+    /// logits of the last position, `[vocab]`.
+    pub fn prefill(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor<1>> {
+        let logits = self.forward(ids, Some(cache), StopAt::Logits, None)?;
+        Ok(logits.expect("a full forward returns logits"))
+    }
+
+    /// Feeds one token through the cached decoder and returns the next-token logits.
+    pub fn decode_step(&self, id: u32, cache: &mut KvCache) -> Result<Tensor<1>> {
+        self.prefill(&[id], cache)
+    }
+
+    /// Logits of the last position of `ids` without keeping a cache.
+    pub fn last_logits(&self, ids: &[u32]) -> Result<Tensor<1>> {
+        let logits = self.forward(ids, None, StopAt::Logits, None)?;
+        Ok(logits.expect("a full forward returns logits"))
+    }
+
+    /// The early-exit hook: layers `0..layer` run fully over `ids`; at `layer` only the normed
+    /// input, the post-RoPE queries of the last `query_window` positions and the post-RoPE keys of
+    /// all positions are computed; nothing after that runs.
+    pub fn probe(&self, ids: &[u32], layer: usize, query_window: usize) -> Result<Probe> {
+        struct Capture(Option<Probe>);
+        impl LayerObserver for Capture {
+            fn wants(&self, _layer: usize) -> bool {
+                false
+            }
+            fn observe(&mut self, probe: Probe) {
+                self.0 = Some(probe);
+            }
+        }
+        let mut capture = Capture(None);
+        self.observe(ids, layer, query_window, &mut capture)?;
+        Ok(capture.0.expect("the stop layer is always observed"))
+    }
+
+    /// Runs layers `0..stop_layer` fully and `stop_layer` as a probe only, handing `observer`
+    /// the probe of every layer it wants (and always of `stop_layer`). One pass serves
+    /// selectors that look at several layers.
+    pub fn observe(
+        &self,
+        ids: &[u32],
+        stop_layer: usize,
+        query_window: usize,
+        observer: &mut dyn LayerObserver,
+    ) -> Result<()> {
+        if stop_layer >= self.config.num_layers {
+            return Err(CoreError::FilterLayerOutOfRange {
+                layer: stop_layer,
+                num_layers: self.config.num_layers,
+            });
+        }
+        if query_window == 0 {
+            return Err(CoreError::InvalidParameter(
+                "the probe's query window must hold at least one position".into(),
+            ));
+        }
+        self.forward(
+            ids,
+            None,
+            StopAt::Probe(stop_layer),
+            Some((observer, query_window)),
+        )?;
+        Ok(())
+    }
+
+    fn check_ids(&self, ids: &[u32], start: usize) -> Result<()> {
+        if ids.is_empty() {
+            return Err(CoreError::EmptyPrompt);
+        }
+        let needed = start + ids.len();
+        if needed > self.config.max_position_embeddings {
+            return Err(CoreError::PromptTooLong {
+                needed,
+                max: self.config.max_position_embeddings,
+            });
+        }
+        if let Some(&id) = ids
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
+            return Err(CoreError::TokenOutOfVocabulary {
+                id,
+                vocab_size: self.config.vocab_size,
+            });
+        }
+        Ok(())
+    }
+
+    fn forward(
+        &self,
+        ids: &[u32],
+        mut cache: Option<&mut KvCache>,
+        stop: StopAt,
+        mut observer: Option<(&mut dyn LayerObserver, usize)>,
+    ) -> Result<Option<Tensor<1>>> {
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        self.check_ids(ids, start)?;
+        if let Some(cache) = cache.as_ref() {
+            cache.check_room(ids.len())?;
+        }
+        let n = ids.len();
+        let dtype = self.dtype();
+        let tokens: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(tokens, [1, n]), &self.device);
+        let mut hidden = self.weights.embed_tokens.forward(tokens);
+        let rope = self.rope.tables(start, n, dtype, &self.device);
+        let layers_total = match stop {
+            StopAt::Logits => self.config.num_layers,
+            StopAt::Probe(layer) => layer + 1,
+        };
+        let report = |layers_done: usize| {
+            if let Some(hook) = &self.progress {
+                (hook.0)(ForwardProgress {
+                    layers_done,
+                    layers_total,
+                    positions: n,
+                });
+            }
+        };
+
+        for (index, layer) in self.weights.layers.iter().enumerate() {
+            let attention = &layer.self_attn;
+            let normed = layer.input_layernorm.forward(hidden.clone());
+            let keys = attention.keys(normed.clone(), &rope);
+
+            let stop_here = stop == StopAt::Probe(index);
+            if let Some((observer, window)) = observer.as_mut()
+                && (stop_here || observer.wants(index))
+            {
+                let window = (*window).min(n);
+                let tail = rope.narrow(n - window, window);
+                let queries =
+                    attention.queries(normed.clone().narrow(1, n - window, window), &tail);
+                observer.observe(Probe::new(
+                    index,
+                    queries.squeeze_dim(0),
+                    keys.clone().squeeze_dim(0),
+                ));
+            }
+            if stop_here {
+                report(index + 1);
+                return Ok(None);
+            }
+
+            let queries = attention.queries(normed.clone(), &rope);
+            let values = attention.values(normed);
+            let (keys, values, key_start) = match cache.as_mut() {
+                Some(cache) => {
+                    let (keys, values) = cache.append(index, keys, values)?;
+                    (keys, values, 0)
+                }
+                None => (keys, values, start),
+            };
+            let span = AttentionSpan {
+                query_start: start,
+                key_start,
+                window: self.config.sliding_window,
+                max_scores_per_block: self.max_scores_per_block,
+            };
+            hidden = hidden + attention.attend(queries, keys, values, span);
+            let mlp_in = layer.post_attention_layernorm.forward(hidden.clone());
+            hidden = hidden + layer.mlp.forward(mlp_in);
+            report(index + 1);
+        }
+        if let Some(cache) = cache {
+            cache.advance(n);
+        }
+
+        let last = self.weights.norm.forward(hidden.narrow(1, n - 1, 1));
+        let logits = match &self.weights.lm_head {
+            Some(head) => head.forward(last),
+            None => burn::tensor::module::linear(
+                last,
+                self.weights.embed_tokens.weight.val().transpose(),
+                None,
+            ),
+        };
+        Ok(Some(logits.reshape([self.config.vocab_size])))
+    }
+}

@@ -1,0 +1,347 @@
+//! The generation pipeline: optional GemFilter selection pass, prefill, cached decoding.
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::decoder::Decoder;
+use crate::error::{CoreError, Result};
+use crate::selector::{Selection, TokenSelector};
+
+/// How the next token is chosen from the logits.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Sampling {
+    /// Always the most likely token (the first one on ties).
+    #[default]
+    Greedy,
+    /// Nucleus sampling: temperature-scaled softmax restricted to the smallest set of tokens
+    /// whose probability reaches `top_p`, drawn from a generator seeded with `seed`.
+    TopP {
+        /// Softmax temperature (> 0).
+        temperature: f32,
+        /// Probability mass kept, in (0, 1].
+        top_p: f32,
+        /// Seed of the random generator (same seed, same output).
+        seed: u64,
+    },
+}
+
+/// Which prompt the model answers from.
+#[derive(Clone, Copy)]
+pub enum Method<'a> {
+    /// Standard attention over the whole prompt.
+    Full,
+    /// GemFilter: select with `selector` at `filter_layer`, keep `top_k` tokens, rerun on them.
+    GemFilter {
+        /// Layer whose probe drives the selection (the paper's r).
+        filter_layer: usize,
+        /// Token budget k.
+        top_k: usize,
+        /// The selection rule.
+        selector: &'a dyn TokenSelector,
+    },
+}
+
+impl std::fmt::Debug for Method<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Method::Full => f.write_str("Full"),
+            Method::GemFilter {
+                filter_layer,
+                top_k,
+                selector,
+            } => f
+                .debug_struct("GemFilter")
+                .field("filter_layer", filter_layer)
+                .field("top_k", top_k)
+                .field("selector", &selector.name())
+                .finish(),
+        }
+    }
+}
+
+/// Decoding parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationConfig {
+    /// Upper bound on generated tokens.
+    pub max_new_tokens: usize,
+    /// Generation stops (without emitting it) at any of these tokens.
+    pub eos_token_ids: Vec<u32>,
+    /// Token choice rule.
+    pub sampling: Sampling,
+}
+
+impl GenerationConfig {
+    /// Greedy decoding of up to `max_new_tokens`, stopping at any of `eos_token_ids`.
+    pub fn greedy(max_new_tokens: usize, eos_token_ids: Vec<u32>) -> Self {
+        Self {
+            max_new_tokens,
+            eos_token_ids,
+            sampling: Sampling::Greedy,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if let Sampling::TopP {
+            temperature, top_p, ..
+        } = self.sampling
+        {
+            if !(temperature.is_finite() && temperature > 0.0) {
+                return Err(CoreError::InvalidParameter(format!(
+                    "temperature must be a positive number, got {temperature}"
+                )));
+            }
+            if !(top_p > 0.0 && top_p <= 1.0) {
+                return Err(CoreError::InvalidParameter(format!(
+                    "top-p must be in (0, 1], got {top_p}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why decoding stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-sequence token was produced.
+    Eos,
+    /// `max_new_tokens` were produced.
+    MaxNewTokens,
+    /// The model's position range is exhausted.
+    ContextFull,
+}
+
+/// Wall time of each phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PhaseTimings {
+    /// Selection pass (early-exit forward + scoring); zero in full mode.
+    pub select: Duration,
+    /// Forward over the (reduced) prompt up to the first token's logits.
+    pub prefill: Duration,
+    /// Every later token.
+    pub decode: Duration,
+}
+
+impl PhaseTimings {
+    /// Time to first token: selection plus prefill.
+    pub fn time_to_first_token(&self) -> Duration {
+        self.select + self.prefill
+    }
+}
+
+/// Everything a generation produced.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Generated token ids (EOS excluded).
+    pub tokens: Vec<u32>,
+    /// Length of the original prompt.
+    pub input_tokens: usize,
+    /// Tokens the model actually attended to when answering (`n` in full mode).
+    pub kept_tokens: usize,
+    /// The selection, in GemFilter mode.
+    pub selection: Option<Selection>,
+    /// Why decoding stopped.
+    pub finish_reason: FinishReason,
+    /// Per-phase wall time.
+    pub timings: PhaseTimings,
+}
+
+/// Runs the GemFilter selection pass only: probe at `filter_layer`, then `selector`.
+pub fn select_tokens(
+    decoder: &Decoder,
+    prompt: &[u32],
+    filter_layer: usize,
+    top_k: usize,
+    selector: &dyn TokenSelector,
+) -> Result<Selection> {
+    if top_k == 0 {
+        return Err(CoreError::ZeroTopK);
+    }
+    let probe = decoder.probe(prompt, filter_layer, selector.query_window())?;
+    let selection = selector.select(&probe, top_k)?;
+    selection.validate(selector.name(), prompt.len(), top_k)?;
+    Ok(selection)
+}
+
+/// Generates an answer to `prompt` with `method`.
+///
+/// GemFilter mode: selection pass → gather the kept ids → fresh forward on them at positions
+/// `0..k` → cached decoding. Full mode skips the first two steps. Both share one decoder.
+pub fn generate(
+    decoder: &Decoder,
+    prompt: &[u32],
+    method: Method<'_>,
+    config: &GenerationConfig,
+) -> Result<Generation> {
+    config.validate()?;
+    if prompt.is_empty() {
+        return Err(CoreError::EmptyPrompt);
+    }
+    let max_positions = decoder.config().max_position_embeddings;
+    if prompt.len() > max_positions {
+        return Err(CoreError::PromptTooLong {
+            needed: prompt.len(),
+            max: max_positions,
+        });
+    }
+    let mut timings = PhaseTimings::default();
+
+    let started = Instant::now();
+    let (reduced, selection) = match method {
+        Method::Full => (prompt.to_vec(), None),
+        Method::GemFilter {
+            filter_layer,
+            top_k,
+            selector,
+        } => {
+            let selection = select_tokens(decoder, prompt, filter_layer, top_k, selector)?;
+            let kept = selection.positions.iter().map(|&p| prompt[p]).collect();
+            (kept, Some(selection))
+        }
+    };
+    timings.select = started.elapsed();
+
+    let started = Instant::now();
+    let capacity = (reduced.len() + config.max_new_tokens).min(max_positions);
+    let mut cache = decoder.new_cache(capacity);
+    let logits = decoder.prefill(&reduced, &mut cache)?;
+    let mut sampler = Sampler::new(config.sampling);
+    let mut next = sampler.sample(logits)?;
+    timings.prefill = started.elapsed();
+
+    let started = Instant::now();
+    let mut tokens = Vec::new();
+    let finish_reason = loop {
+        if tokens.len() >= config.max_new_tokens {
+            break FinishReason::MaxNewTokens;
+        }
+        if config.eos_token_ids.contains(&next) {
+            break FinishReason::Eos;
+        }
+        tokens.push(next);
+        if tokens.len() >= config.max_new_tokens {
+            break FinishReason::MaxNewTokens;
+        }
+        if cache.len() >= capacity {
+            break FinishReason::ContextFull;
+        }
+        let logits = decoder.decode_step(next, &mut cache)?;
+        next = sampler.sample(logits)?;
+    };
+    timings.decode = started.elapsed();
+
+    Ok(Generation {
+        tokens,
+        input_tokens: prompt.len(),
+        kept_tokens: reduced.len(),
+        selection,
+        finish_reason,
+        timings,
+    })
+}
+
+/// Turns logits into token ids.
+struct Sampler {
+    sampling: Sampling,
+    rng: Option<StdRng>,
+}
+
+impl Sampler {
+    fn new(sampling: Sampling) -> Self {
+        let rng = match sampling {
+            Sampling::Greedy => None,
+            Sampling::TopP { seed, .. } => Some(StdRng::seed_from_u64(seed)),
+        };
+        Self { sampling, rng }
+    }
+
+    fn sample(&mut self, logits: burn::tensor::Tensor<1>) -> Result<u32> {
+        let logits: Vec<f32> = logits
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32 logits");
+        if logits.iter().any(|x| x.is_nan()) {
+            return Err(CoreError::InvalidParameter(
+                "the model produced NaN logits (check the weights and the compute dtype)".into(),
+            ));
+        }
+        match self.sampling {
+            Sampling::Greedy => Ok(argmax(&logits) as u32),
+            Sampling::TopP {
+                temperature, top_p, ..
+            } => {
+                let rng = self.rng.as_mut().expect("seeded for sampling");
+                Ok(sample_top_p(&logits, temperature, top_p, rng.random::<f64>()) as u32)
+            }
+        }
+    }
+}
+
+/// Index of the largest value, the first one on ties.
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Nucleus sampling with a uniform draw `u` in [0, 1).
+fn sample_top_p(logits: &[f32], temperature: f32, top_p: f32, u: f64) -> usize {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let mut probs: Vec<(usize, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i, ((l as f64 - max) / temperature as f64).exp()))
+        .collect();
+    let total: f64 = probs.iter().map(|p| p.1).sum();
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut kept = 0;
+    let mut mass = 0.0;
+    for (_, p) in &probs {
+        mass += p / total;
+        kept += 1;
+        if mass >= top_p as f64 {
+            break;
+        }
+    }
+    let nucleus = &probs[..kept];
+    let nucleus_mass: f64 = nucleus.iter().map(|p| p.1).sum();
+    let mut target = u * nucleus_mass;
+    for &(index, p) in nucleus {
+        if target < p {
+            return index;
+        }
+        target -= p;
+    }
+    nucleus[kept - 1].0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_prefers_the_first_maximum() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, -1.0]), 1);
+    }
+
+    #[test]
+    fn top_p_samples_only_inside_the_nucleus() {
+        // Probabilities ≈ [0.665, 0.245, 0.090]: top_p 0.6 keeps only the first token.
+        let logits = [2.0, 1.0, 0.0];
+        for u in [0.0, 0.5, 0.999] {
+            assert_eq!(sample_top_p(&logits, 1.0, 0.6, u), 0);
+        }
+        // top_p 1.0 keeps all three; a draw near 1 lands on the last.
+        assert_eq!(sample_top_p(&logits, 1.0, 1.0, 0.99), 2);
+        assert_eq!(sample_top_p(&logits, 1.0, 1.0, 0.1), 0);
+    }
+}

@@ -1,0 +1,38 @@
+//! # gemfilter-core
+//!
+//! A backend-generic decoder-only transformer with an early-exit hook, and the GemFilter
+//! pipeline built on it (Shi et al., 2024, "Discovering the Gems in Early Layers",
+//! arXiv:2409.17422).
+//!
+//! ```text
+//! prompt ids ──Decoder::probe(r)──▶ Probe { queries, keys }      layers 0..r-1 full, layer r: q/k only
+//! Probe ──TokenSelector::select(k)──▶ Selection { positions, scores }
+//! ids[positions] ──Decoder::prefill──▶ KV cache + logits ──decode loop──▶ answer ids
+//! ```
+//!
+//! Tensors carry no backend type: the [`burn::tensor::Device`] the weights live on decides
+//! where everything runs (flex or ndarray on the CPU, wgpu, CUDA), and nothing in this crate
+//! branches on it. File formats, tokenizers and model names live in `gemfilter-models`.
+
+pub mod cache;
+pub mod config;
+pub mod decoder;
+pub mod error;
+pub mod generate;
+pub mod nn;
+pub mod probe;
+pub mod selector;
+
+pub use cache::KvCache;
+pub use config::{Activation, DecoderConfig, RopeConfig, RopeScaling};
+pub use decoder::{Decoder, DecoderWeights, ForwardProgress, ProgressHook};
+pub use error::{CoreError, Result};
+pub use generate::{
+    FinishReason, Generation, GenerationConfig, Method, PhaseTimings, Sampling, generate,
+    select_tokens,
+};
+pub use probe::{LayerObserver, Probe};
+pub use selector::{GemFilterSelector, Selection, TokenSelector};
+
+/// Re-export of the Burn version this crate is built on, so users name the same types.
+pub use burn;

@@ -1,0 +1,224 @@
+//! Grouped-query self-attention with a causal (optionally sliding-window) mask.
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, DType, Device, Int, Tensor};
+
+use super::rope::RopeTables;
+
+/// The four projections of one attention block. Field names follow Hugging Face checkpoints.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// Hidden → query heads.
+    pub q_proj: Linear,
+    /// Hidden → key heads.
+    pub k_proj: Linear,
+    /// Hidden → value heads.
+    pub v_proj: Linear,
+    /// Concatenated heads → hidden.
+    pub o_proj: Linear,
+    /// Number of query heads.
+    pub num_heads: usize,
+    /// Number of key/value heads.
+    pub num_kv_heads: usize,
+    /// Width of each head.
+    pub head_dim: usize,
+}
+
+/// Where the queries of one attention call sit relative to the keys it may read.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionSpan {
+    /// Absolute position of the first query.
+    pub query_start: usize,
+    /// Absolute position of the first key in the key tensor.
+    pub key_start: usize,
+    /// Keys at distance `>= window` behind a query are invisible (Mistral's sliding window).
+    pub window: Option<usize>,
+    /// Upper bound on the number of attention scores materialised at once (per block of
+    /// queries, all heads together); bounds peak memory for long prompts.
+    pub max_scores_per_block: usize,
+}
+
+impl Attention {
+    /// Uninitialised projections of the given shape (weights are expected to be loaded).
+    pub fn new(
+        hidden: usize,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        bias: bool,
+        device: &Device,
+    ) -> Self {
+        let linear = |d_in, d_out| LinearConfig::new(d_in, d_out).with_bias(bias).init(device);
+        Self {
+            q_proj: linear(hidden, num_heads * head_dim),
+            k_proj: linear(hidden, num_kv_heads * head_dim),
+            v_proj: linear(hidden, num_kv_heads * head_dim),
+            o_proj: linear(num_heads * head_dim, hidden),
+            num_heads,
+            num_kv_heads,
+            head_dim,
+        }
+    }
+
+    /// Post-RoPE queries `[batch, heads, positions, head_dim]` of the normed input `x`.
+    pub fn queries(&self, x: Tensor<3>, rope: &RopeTables) -> Tensor<4> {
+        rope.apply(split_heads(
+            self.q_proj.forward(x),
+            self.num_heads,
+            self.head_dim,
+        ))
+    }
+
+    /// Post-RoPE keys `[batch, kv_heads, positions, head_dim]` of the normed input `x`.
+    pub fn keys(&self, x: Tensor<3>, rope: &RopeTables) -> Tensor<4> {
+        rope.apply(split_heads(
+            self.k_proj.forward(x),
+            self.num_kv_heads,
+            self.head_dim,
+        ))
+    }
+
+    /// Values `[batch, kv_heads, positions, head_dim]` of the normed input `x`.
+    pub fn values(&self, x: Tensor<3>) -> Tensor<4> {
+        split_heads(self.v_proj.forward(x), self.num_kv_heads, self.head_dim)
+    }
+
+    /// Attention of `queries` over `keys`/`values` followed by the output projection.
+    /// Returns `[batch, positions, hidden]`.
+    pub fn attend(
+        &self,
+        queries: Tensor<4>,
+        keys: Tensor<4>,
+        values: Tensor<4>,
+        span: AttentionSpan,
+    ) -> Tensor<3> {
+        let context = grouped_attention(queries, keys, values, span);
+        let [batch, heads, positions, head_dim] = context.dims();
+        let merged = context
+            .swap_dims(1, 2)
+            .reshape([batch, positions, heads * head_dim]);
+        self.o_proj.forward(merged)
+    }
+}
+
+/// `[batch, positions, heads * head_dim]` → `[batch, heads, positions, head_dim]`.
+fn split_heads(x: Tensor<3>, heads: usize, head_dim: usize) -> Tensor<4> {
+    let [batch, positions, _] = x.dims();
+    x.reshape([batch, positions, heads, head_dim])
+        .swap_dims(1, 2)
+}
+
+/// softmax(q·kᵀ/√d + mask)·v for grouped-query attention, processed in blocks of queries so
+/// that no more than `span.max_scores_per_block` scores exist at once.
+///
+/// Query heads sharing a key/value head are stacked along the position axis instead of
+/// repeating the keys, so the keys and values are never copied per query head.
+pub fn grouped_attention(
+    queries: Tensor<4>,
+    keys: Tensor<4>,
+    values: Tensor<4>,
+    span: AttentionSpan,
+) -> Tensor<4> {
+    let [batch, heads, num_queries, head_dim] = queries.dims();
+    let [_, kv_heads, num_keys, _] = keys.dims();
+    let groups = heads / kv_heads;
+    let scale = (head_dim as f64).powf(-0.5);
+    let dtype = queries.dtype();
+    let device = queries.device();
+
+    let rows_per_block =
+        (span.max_scores_per_block / (heads * num_keys).max(1)).clamp(1, num_queries);
+    let mut outputs = Vec::with_capacity(num_queries.div_ceil(rows_per_block));
+    let mut first = 0;
+    while first < num_queries {
+        let rows = rows_per_block.min(num_queries - first);
+        let query_start = span.query_start + first;
+        let query_end = query_start + rows; // exclusive, absolute
+        // Causality: this block never reads keys at or after `query_end`.
+        let key_hi = (query_end - span.key_start).min(num_keys);
+        let key_lo = match span.window {
+            Some(window) => (query_start + 1)
+                .saturating_sub(window)
+                .saturating_sub(span.key_start),
+            None => 0,
+        }
+        .min(key_hi);
+        let visible = key_hi - key_lo;
+
+        let q = queries.clone().narrow(2, first, rows).reshape([
+            batch,
+            kv_heads,
+            groups * rows,
+            head_dim,
+        ]);
+        let k = keys.clone().narrow(2, key_lo, visible);
+        let v = values.clone().narrow(2, key_lo, visible);
+
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+        let scores = scores.reshape([batch, kv_heads, groups, rows, visible]);
+        let scores = match block_mask(
+            query_start,
+            rows,
+            span.key_start + key_lo,
+            visible,
+            span.window,
+            &device,
+        ) {
+            Some(mask) => {
+                let mask = mask
+                    .unsqueeze::<5>()
+                    .expand([batch, kv_heads, groups, rows, visible]);
+                scores.mask_fill(mask, f32::NEG_INFINITY)
+            }
+            None => scores,
+        };
+        let probabilities = softmax(scores.cast(DType::F32), 4).cast(dtype);
+        let context = probabilities
+            .reshape([batch, kv_heads, groups * rows, visible])
+            .matmul(v)
+            .reshape([batch, heads, rows, head_dim]);
+        outputs.push(context);
+        first += rows;
+    }
+    if outputs.len() == 1 {
+        outputs.pop().expect("one block")
+    } else {
+        Tensor::cat(outputs, 2)
+    }
+}
+
+/// True where a query (rows, absolute positions `query_start..`) may not see a key (columns,
+/// absolute positions `key_start..`); `None` when every key is visible.
+fn block_mask(
+    query_start: usize,
+    rows: usize,
+    key_start: usize,
+    columns: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Option<Tensor<2, Bool>> {
+    let last_query = query_start + rows - 1;
+    let last_key = key_start + columns - 1;
+    let future_visible = last_key > query_start;
+    let window_cuts = window.is_some_and(|w| key_start + w <= last_query);
+    if !future_visible && !window_cuts {
+        return None;
+    }
+    let query_positions =
+        Tensor::<1, Int>::arange(query_start as i64..(query_start + rows) as i64, device)
+            .reshape([rows, 1])
+            .expand([rows, columns]);
+    let key_positions =
+        Tensor::<1, Int>::arange(key_start as i64..(key_start + columns) as i64, device)
+            .reshape([1, columns])
+            .expand([rows, columns]);
+    let mut mask = key_positions.clone().greater(query_positions.clone());
+    if let Some(window) = window {
+        // Hidden when query - key >= window, i.e. key <= query - window.
+        let too_old = key_positions.lower_equal(query_positions.sub_scalar(window as i64));
+        mask = mask.bool_or(too_old);
+    }
+    Some(mask)
+}

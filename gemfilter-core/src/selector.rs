@@ -1,0 +1,185 @@
+//! Choosing which input positions to keep from a layer's probe.
+
+use burn::tensor::{DType, Tensor};
+
+use crate::error::{CoreError, Result};
+use crate::probe::Probe;
+
+/// The positions a selector keeps, and how it scored every position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// Kept input positions, strictly ascending.
+    pub positions: Vec<usize>,
+    /// One score per input position (higher = more relevant); what the ranking used.
+    pub scores: Vec<f32>,
+}
+
+impl Selection {
+    /// Checks the contract every selector must honour: `min(budget, n)` positions at most,
+    /// strictly ascending, in range, and one score per position.
+    pub fn validate(&self, selector: &str, num_positions: usize, budget: usize) -> Result<()> {
+        let fail = |reason: String| {
+            Err(CoreError::InvalidSelection {
+                selector: selector.to_string(),
+                reason,
+            })
+        };
+        if self.positions.is_empty() {
+            return fail("no position kept".into());
+        }
+        if self.positions.len() > budget.min(num_positions) {
+            return fail(format!(
+                "{} positions kept, budget is {}",
+                self.positions.len(),
+                budget.min(num_positions)
+            ));
+        }
+        if self.positions.windows(2).any(|w| w[0] >= w[1]) {
+            return fail("positions are not strictly ascending".into());
+        }
+        if let Some(&last) = self.positions.last()
+            && last >= num_positions
+        {
+            return fail(format!("position {last} is outside 0..{num_positions}"));
+        }
+        if self.scores.len() != num_positions {
+            return fail(format!(
+                "{} scores for {num_positions} positions",
+                self.scores.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Picks the input positions worth keeping from a layer's probe.
+///
+/// Implementations must return at most `min(budget, n)` strictly ascending positions and one
+/// score per input position; [`generate`](crate::generate) checks this.
+pub trait TokenSelector {
+    /// Short name for reports.
+    fn name(&self) -> &str;
+
+    /// How many trailing query positions the probe must carry (1 for GemFilter).
+    fn query_window(&self) -> usize {
+        1
+    }
+
+    /// Scores the probe and keeps up to `budget` positions.
+    fn select(&self, probe: &Probe, budget: usize) -> Result<Selection>;
+}
+
+/// The selector of the GemFilter paper, reproducing its reference code exactly:
+/// `q_last · Kᵀ` per head (keys repeated for grouped-query attention), no softmax and no
+/// `1/√d`, summed over heads, smoothed by `avg_pool1d(kernel 5, padding 2, stride 1)` with the
+/// zero padding counted in the divisor, then the `min(k, n)` best positions in input order.
+#[derive(Debug, Clone, Copy)]
+pub struct GemFilterSelector {
+    /// Width of the average pooling window (5 in the paper; odd).
+    pub kernel_size: usize,
+}
+
+impl Default for GemFilterSelector {
+    fn default() -> Self {
+        Self { kernel_size: 5 }
+    }
+}
+
+impl TokenSelector for GemFilterSelector {
+    fn name(&self) -> &str {
+        "gemfilter"
+    }
+
+    fn select(&self, probe: &Probe, budget: usize) -> Result<Selection> {
+        if budget == 0 {
+            return Err(CoreError::ZeroTopK);
+        }
+        let raw = last_query_scores(probe);
+        let scores = avg_pool1d_same(&raw, self.kernel_size);
+        let positions = top_k_ascending(&scores, budget);
+        Ok(Selection { positions, scores })
+    }
+}
+
+/// `Σ_heads q_last · k_j` for every position `j`, computed on the probe's device in f32 and
+/// returned to the host (`n` values).
+pub fn last_query_scores(probe: &Probe) -> Vec<f32> {
+    let [heads, window, head_dim] = probe.queries.dims();
+    let [kv_heads, n, _] = probe.keys.dims();
+    let groups = heads / kv_heads;
+    // Query head h reads key/value head h / groups (transformers' `repeat_kv` order).
+    let last = probe
+        .queries
+        .clone()
+        .narrow(1, window - 1, 1)
+        .reshape([kv_heads, groups, head_dim])
+        .cast(DType::F32);
+    let keys = probe.keys.clone().cast(DType::F32);
+    let per_head: Tensor<3> = last.matmul(keys.swap_dims(1, 2)); // [kv_heads, groups, n]
+    let summed = per_head.sum_dim(1).sum_dim(0).reshape([n]);
+    summed
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 scores")
+}
+
+/// PyTorch's `avg_pool1d(x, kernel, stride=1, padding=kernel/2)` with `count_include_pad=True`:
+/// every output is the window sum divided by `kernel`, zeros standing in past the ends.
+pub fn avg_pool1d_same(values: &[f32], kernel: usize) -> Vec<f32> {
+    let half = kernel / 2;
+    let n = values.len() as isize;
+    (0..n)
+        .map(|center| {
+            let mut sum = 0.0f32;
+            for offset in -(half as isize)..=(half as isize) {
+                let index = center + offset;
+                if (0..n).contains(&index) {
+                    sum += values[index as usize];
+                }
+            }
+            sum / kernel as f32
+        })
+        .collect()
+}
+
+/// Indices of the `min(k, n)` largest values, returned in ascending index order. Ties rank the
+/// earlier position first; NaN ranks last.
+pub fn top_k_ascending(values: &[f32], k: usize) -> Vec<usize> {
+    let k = k.min(values.len());
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    let by_score_desc = |&a: &usize, &b: &usize| {
+        let (x, y) = (values[a], values[b]);
+        match (x.is_nan(), y.is_nan()) {
+            (true, true) => a.cmp(&b),
+            (true, false) => std::cmp::Ordering::Greater,
+            (false, true) => std::cmp::Ordering::Less,
+            (false, false) => y.partial_cmp(&x).expect("not NaN").then(a.cmp(&b)),
+        }
+    };
+    if k < order.len() {
+        order.select_nth_unstable_by(k, by_score_desc);
+        order.truncate(k);
+    }
+    order.sort_unstable();
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_counts_padding_in_the_divisor() {
+        let pooled = avg_pool1d_same(&[5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 10.0], 5);
+        assert_eq!(pooled, vec![1.0, 1.0, 1.0, 0.0, 2.0, 2.0, 2.0]);
+    }
+
+    #[test]
+    fn top_k_keeps_the_largest_in_input_order() {
+        let values = [0.1, 3.0, -1.0, 2.0, 2.5, f32::NAN];
+        assert_eq!(top_k_ascending(&values, 3), vec![1, 3, 4]);
+        assert_eq!(top_k_ascending(&values, 10), vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(top_k_ascending(&[1.0, 1.0, 1.0], 2), vec![0, 1]);
+    }
+}

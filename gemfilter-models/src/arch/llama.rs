@@ -1,0 +1,102 @@
+//! LLaMA family (`LlamaForCausalLM`: LLaMA 2 / 3 / 3.1 / 3.2 and derivatives such as SmolLM2).
+
+use gemfilter_core::{Activation, DecoderConfig};
+
+use super::TensorSpec;
+use crate::error::Result;
+use crate::hf::json::JsonFile;
+use crate::hf::rope::parse_rope;
+
+/// `model_type` of this family in `config.json`.
+pub const MODEL_TYPE: &str = "llama";
+
+/// Maps a LLaMA `config.json` onto the architecture-neutral [`DecoderConfig`], with
+/// transformers' defaults for absent fields.
+pub fn decoder_config(config: &JsonFile) -> Result<DecoderConfig> {
+    let hidden_size = config.usize("hidden_size")?;
+    let num_heads = config.usize("num_attention_heads")?;
+    if num_heads == 0 {
+        return Err(config.invalid("num_attention_heads", "must be positive"));
+    }
+    let num_kv_heads = config
+        .opt_usize("num_key_value_heads")?
+        .unwrap_or(num_heads);
+    let head_dim = config
+        .opt_usize("head_dim")?
+        .unwrap_or(hidden_size / num_heads);
+    if let Some(act) = config.opt_str("hidden_act")?
+        && act != "silu"
+    {
+        return Err(config.invalid(
+            "hidden_act",
+            format!("is `{act}`; only `silu` is supported"),
+        ));
+    }
+    let decoder = DecoderConfig {
+        vocab_size: config.usize("vocab_size")?,
+        hidden_size,
+        intermediate_size: config.usize("intermediate_size")?,
+        num_layers: config.usize("num_hidden_layers")?,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        rms_norm_eps: config.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+        rope: parse_rope(config, head_dim, 10_000.0)?,
+        max_position_embeddings: config.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+        sliding_window: None,
+        tie_word_embeddings: config.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+        attention_bias: config.opt_bool("attention_bias")?.unwrap_or(false),
+        mlp_bias: config.opt_bool("mlp_bias")?.unwrap_or(false),
+        activation: Activation::Silu,
+    };
+    decoder
+        .validate()
+        .map_err(|e| config.invalid("(model shape)", e.to_string()))?;
+    Ok(decoder)
+}
+
+/// Every tensor a LLaMA checkpoint must hold, with its shape in PyTorch layout
+/// (`[out, in]` for projections). Names are the Hugging Face ones.
+pub fn tensor_manifest(config: &DecoderConfig) -> Vec<TensorSpec> {
+    let d = config.hidden_size;
+    let q = config.num_heads * config.head_dim;
+    let kv = config.num_kv_heads * config.head_dim;
+    let ffn = config.intermediate_size;
+    let mut specs = vec![
+        TensorSpec::new("model.embed_tokens.weight", [config.vocab_size, d]),
+        TensorSpec::new("model.norm.weight", [d]),
+    ];
+    if !config.tie_word_embeddings {
+        specs.push(TensorSpec::new("lm_head.weight", [config.vocab_size, d]));
+    }
+    for i in 0..config.num_layers {
+        let p = |name: &str| format!("model.layers.{i}.{name}");
+        specs.extend([
+            TensorSpec::new(p("input_layernorm.weight"), [d]),
+            TensorSpec::new(p("post_attention_layernorm.weight"), [d]),
+            TensorSpec::new(p("self_attn.q_proj.weight"), [q, d]),
+            TensorSpec::new(p("self_attn.k_proj.weight"), [kv, d]),
+            TensorSpec::new(p("self_attn.v_proj.weight"), [kv, d]),
+            TensorSpec::new(p("self_attn.o_proj.weight"), [d, q]),
+            TensorSpec::new(p("mlp.gate_proj.weight"), [ffn, d]),
+            TensorSpec::new(p("mlp.up_proj.weight"), [ffn, d]),
+            TensorSpec::new(p("mlp.down_proj.weight"), [d, ffn]),
+        ]);
+        if config.attention_bias {
+            specs.extend([
+                TensorSpec::new(p("self_attn.q_proj.bias"), [q]),
+                TensorSpec::new(p("self_attn.k_proj.bias"), [kv]),
+                TensorSpec::new(p("self_attn.v_proj.bias"), [kv]),
+                TensorSpec::new(p("self_attn.o_proj.bias"), [d]),
+            ]);
+        }
+        if config.mlp_bias {
+            specs.extend([
+                TensorSpec::new(p("mlp.gate_proj.bias"), [ffn]),
+                TensorSpec::new(p("mlp.up_proj.bias"), [ffn]),
+                TensorSpec::new(p("mlp.down_proj.bias"), [d]),
+            ]);
+        }
+    }
+    specs
+}

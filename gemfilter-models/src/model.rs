@@ -1,0 +1,353 @@
+//! A ready model: decoder + tokenizer + chat template, loaded from the files people have.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, Device};
+use gemfilter_core::{
+    Decoder, GemFilterSelector, Generation, GenerationConfig, Method, Sampling, TokenSelector,
+    generate,
+};
+
+use crate::arch::Architecture;
+use crate::error::{ModelError, Result};
+use crate::filter_layers::{FilterLayerChoice, default_filter_layer};
+use crate::hf::chat::{ChatMessage, ChatTemplate};
+use crate::hf::json::JsonFile;
+use crate::hf::tokenizer::TextTokenizer;
+use crate::hf::weights::load_safetensors;
+
+/// How to load weights.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Floating-point type the weights are converted to (f32 by default).
+    pub dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { dtype: DType::F32 }
+    }
+}
+
+/// Facts about a loaded model, for reports and `gemfilter inspect`.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// The folder (or file) loaded.
+    pub path: PathBuf,
+    /// Architecture family.
+    pub architecture: Architecture,
+    /// Token ids that end generation (config.json and generation_config.json together).
+    pub eos_token_ids: Vec<u32>,
+    /// The default filter layer and where it came from.
+    pub filter_layer: FilterLayerChoice,
+    /// Weight files read.
+    pub weight_files: Vec<PathBuf>,
+    /// Checkpoint tensors the architecture did not use.
+    pub unused_tensors: Vec<String>,
+}
+
+/// A decoder with its tokenizer and chat template.
+#[derive(Debug)]
+pub struct Model {
+    decoder: Decoder,
+    tokenizer: TextTokenizer,
+    chat_template: Option<ChatTemplate>,
+    info: ModelInfo,
+}
+
+/// Which attention the answer is computed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Standard attention over the whole prompt.
+    Full,
+    /// GemFilter with `top_k` kept tokens; `filter_layer: None` uses the model's default.
+    GemFilter {
+        /// 0-based filter layer, or the model's default.
+        filter_layer: Option<usize>,
+        /// Token budget k.
+        top_k: usize,
+    },
+}
+
+/// A text generation request.
+#[derive(Clone, Copy)]
+pub struct Request<'a> {
+    /// Full or GemFilter.
+    pub mode: Mode,
+    /// Upper bound on generated tokens.
+    pub max_new_tokens: usize,
+    /// Wrap the prompt as one user turn of the model's chat template.
+    pub chat: bool,
+    /// Greedy or nucleus sampling.
+    pub sampling: Sampling,
+    /// Selection rule in GemFilter mode (the paper's selector when `None`).
+    pub selector: Option<&'a dyn TokenSelector>,
+}
+
+impl Request<'_> {
+    /// GemFilter with the paper's selector at the model's default layer, greedy, 64 tokens.
+    pub fn gemfilter(top_k: usize) -> Self {
+        Self {
+            mode: Mode::GemFilter {
+                filter_layer: None,
+                top_k,
+            },
+            ..Self::full()
+        }
+    }
+
+    /// Full attention, greedy, 64 tokens.
+    pub fn full() -> Self {
+        Self {
+            mode: Mode::Full,
+            max_new_tokens: 64,
+            chat: false,
+            sampling: Sampling::Greedy,
+            selector: None,
+        }
+    }
+}
+
+/// A generated answer with everything needed to explain it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The answer text (special tokens removed).
+    pub text: String,
+    /// The prompt as token ids (after the chat template, if any).
+    pub prompt_ids: Vec<u32>,
+    /// Filter layer used, in GemFilter mode.
+    pub filter_layer: Option<usize>,
+    /// Token budget, in GemFilter mode.
+    pub top_k: Option<usize>,
+    /// Token-level result: answer ids, selection, timings.
+    pub generation: Generation,
+}
+
+/// A run of consecutive kept prompt positions and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptSpan {
+    /// First kept position of the run.
+    pub start: usize,
+    /// One past the last kept position.
+    pub end: usize,
+    /// Decoded text of the run.
+    pub text: String,
+}
+
+/// Marker placed between non-adjacent kept spans in [`Model::kept_text`].
+pub const GAP_MARKER: &str = " [...] ";
+
+impl Model {
+    /// Loads a Hugging Face model folder onto `device` in f32.
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Self::load_with(path, device, &LoadOptions::default())
+    }
+
+    /// Loads a Hugging Face model folder onto `device` with `options`.
+    pub fn load_with(
+        path: impl AsRef<Path>,
+        device: &Device,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        let folder = path.as_ref();
+        if !folder.exists() {
+            return Err(ModelError::NotFound {
+                what: "model folder".into(),
+                path: folder.to_path_buf(),
+            });
+        }
+        if !folder.is_dir() {
+            return Err(ModelError::NotFound {
+                what: "model folder (a Hugging Face folder with config.json)".into(),
+                path: folder.to_path_buf(),
+            });
+        }
+        let config = JsonFile::read(&folder.join("config.json"), "config.json")?;
+        let architecture = Architecture::detect(&config)?;
+        let decoder_config = architecture.decoder_config(&config)?;
+        let manifest = architecture.tensor_manifest(&decoder_config);
+        let tokenizer = TextTokenizer::from_file(&folder.join("tokenizer.json"))?;
+        let chat_template = ChatTemplate::from_folder(folder)?;
+        let eos_token_ids = eos_token_ids(folder, &config)?;
+
+        let mut decoder = Decoder::new(decoder_config, device)?;
+        let report = load_safetensors(folder, &manifest, decoder.weights_mut(), options.dtype)?;
+        let filter_layer = default_filter_layer(architecture, decoder.config());
+        Ok(Self {
+            decoder,
+            tokenizer,
+            chat_template,
+            info: ModelInfo {
+                path: folder.to_path_buf(),
+                architecture,
+                eos_token_ids,
+                filter_layer,
+                weight_files: report.files,
+                unused_tensors: report.unused,
+            },
+        })
+    }
+
+    /// Assembles a model from parts built elsewhere.
+    pub fn from_parts(
+        decoder: Decoder,
+        tokenizer: TextTokenizer,
+        chat_template: Option<ChatTemplate>,
+        info: ModelInfo,
+    ) -> Self {
+        Self {
+            decoder,
+            tokenizer,
+            chat_template,
+            info,
+        }
+    }
+
+    /// The decoder.
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// The decoder, e.g. to tune attention block sizes.
+    pub fn decoder_mut(&mut self) -> &mut Decoder {
+        &mut self.decoder
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// The chat template, when the model ships one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
+    /// Facts about the model.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Token ids of a prompt: plain (special tokens as the tokenizer's post-processor adds
+    /// them) or, with `chat`, as one user turn of the chat template.
+    pub fn prompt_ids(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+        if chat {
+            let template = self.chat_template.as_ref().ok_or_else(|| {
+                ModelError::ChatTemplate(format!(
+                    "{} has no chat template (tokenizer_config.json `chat_template` or chat_template.jinja)",
+                    self.info.path.display()
+                ))
+            })?;
+            let text = template.render(&[ChatMessage::user(prompt)], true)?;
+            // The template writes any BOS itself, as transformers' apply_chat_template assumes.
+            self.tokenizer.encode(&text, false)
+        } else {
+            self.tokenizer.encode(prompt, true)
+        }
+    }
+
+    /// Answers `prompt` as `request` says.
+    pub fn generate(&self, prompt: &str, request: &Request<'_>) -> Result<Answer> {
+        let ids = self.prompt_ids(prompt, request.chat)?;
+        self.generate_ids(&ids, request)
+    }
+
+    /// Answers a prompt given as token ids.
+    pub fn generate_ids(&self, prompt_ids: &[u32], request: &Request<'_>) -> Result<Answer> {
+        let paper_selector = GemFilterSelector::default();
+        let selector = request.selector.unwrap_or(&paper_selector);
+        let (method, filter_layer, top_k) = match request.mode {
+            Mode::Full => (Method::Full, None, None),
+            Mode::GemFilter {
+                filter_layer,
+                top_k,
+            } => {
+                let layer = filter_layer.unwrap_or(self.info.filter_layer.layer);
+                (
+                    Method::GemFilter {
+                        filter_layer: layer,
+                        top_k,
+                        selector,
+                    },
+                    Some(layer),
+                    Some(top_k),
+                )
+            }
+        };
+        let config = GenerationConfig {
+            max_new_tokens: request.max_new_tokens,
+            eos_token_ids: self.info.eos_token_ids.clone(),
+            sampling: request.sampling,
+        };
+        let generation = generate(&self.decoder, prompt_ids, method, &config)?;
+        let text = self.tokenizer.decode(&generation.tokens, true)?;
+        Ok(Answer {
+            text,
+            prompt_ids: prompt_ids.to_vec(),
+            filter_layer,
+            top_k,
+            generation,
+        })
+    }
+
+    /// The kept prompt text of a GemFilter answer as runs of consecutive positions (empty in
+    /// full mode).
+    pub fn kept_spans(&self, answer: &Answer) -> Result<Vec<KeptSpan>> {
+        let Some(selection) = &answer.generation.selection else {
+            return Ok(Vec::new());
+        };
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        for &p in &selection.positions {
+            match spans.last_mut() {
+                Some((_, end)) if *end == p => *end = p + 1,
+                _ => spans.push((p, p + 1)),
+            }
+        }
+        spans
+            .into_iter()
+            .map(|(start, end)| {
+                Ok(KeptSpan {
+                    start,
+                    end,
+                    text: self
+                        .tokenizer
+                        .decode(&answer.prompt_ids[start..end], false)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The kept prompt text, runs joined by [`GAP_MARKER`] where positions were dropped.
+    pub fn kept_text(&self, answer: &Answer) -> Result<String> {
+        let spans = self.kept_spans(answer)?;
+        let mut text = String::new();
+        let mut previous_end = 0;
+        for span in &spans {
+            if span.start > previous_end {
+                text.push_str(GAP_MARKER);
+            }
+            text.push_str(&span.text);
+            previous_end = span.end;
+        }
+        if previous_end < answer.prompt_ids.len() && !spans.is_empty() {
+            text.push_str(GAP_MARKER);
+        }
+        Ok(text)
+    }
+}
+
+/// EOS ids from `config.json` and, when present, `generation_config.json` (LLaMA 3.1 Instruct
+/// lists its end-of-turn tokens only there), in order, without duplicates.
+fn eos_token_ids(folder: &Path, config: &JsonFile) -> Result<Vec<u32>> {
+    let mut ids = config.token_ids("eos_token_id")?;
+    let generation_path = folder.join("generation_config.json");
+    if generation_path.is_file() {
+        let generation = JsonFile::read(&generation_path, "generation_config.json")?;
+        for id in generation.token_ids("eos_token_id")? {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    Ok(ids)
+}

@@ -1,0 +1,1 @@
+//! Loading errors: every broken input gets an error naming the file, field or tensor.

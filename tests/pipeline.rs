@@ -1,0 +1,284 @@
+//! Behaviour of the decoder and the generation pipeline beyond parity: cache and blocking
+//! equivalences, early exit, selector contract, stopping, sampling, parameter errors.
+
+use gemfilter_core::{
+    CoreError, FinishReason, GemFilterSelector, GenerationConfig, LayerObserver, Method, Probe,
+    Sampling, Selection, TokenSelector, generate, select_tokens,
+};
+use gemfilter_models::{GAP_MARKER, Model, Request};
+use gemfilter_tests::{Device, fixture_dir, max_abs_diff, on_every_backend, reference};
+
+fn to_vec(t: gemfilter_core::burn::tensor::Tensor<1>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap()
+}
+
+fn load(name: &str, device: &Device) -> Model {
+    Model::load(fixture_dir(name), device).expect("fixture loads")
+}
+
+/// Attention over blocks of queries (bounded memory) gives the logits of one big block.
+fn blocked_attention_matches_unblocked(device: &Device) {
+    let mut model = load("llama3-rope", device);
+    let ids = reference("llama3-rope").prompt_ids;
+    let whole = to_vec(model.decoder().last_logits(&ids).unwrap());
+    // 4 heads × 164 keys per row: 700 scores per block forces one query row per block.
+    model.decoder_mut().set_max_scores_per_block(700);
+    let blocked = to_vec(model.decoder().last_logits(&ids).unwrap());
+    let error = max_abs_diff(&whole, &blocked);
+    assert!(error < 1e-4, "blocked attention differs by {error}");
+}
+
+/// Prefill of a prefix followed by cached single-token steps gives, at every step, the logits
+/// of a fresh forward over the same tokens.
+fn cached_decoding_matches_recomputation(device: &Device) {
+    let model = load("llama-gqa", device);
+    let ids = reference("llama-gqa").prompt_ids;
+    let decoder = model.decoder();
+    let split = ids.len() - 4;
+    let mut cache = decoder.new_cache(ids.len());
+    let mut logits = to_vec(decoder.prefill(&ids[..split], &mut cache).unwrap());
+    for end in split..=ids.len() {
+        let fresh = to_vec(decoder.last_logits(&ids[..end]).unwrap());
+        let error = max_abs_diff(&logits, &fresh);
+        assert!(
+            error < 1e-4,
+            "cached logits at length {end} differ by {error}"
+        );
+        if end < ids.len() {
+            logits = to_vec(decoder.decode_step(ids[end], &mut cache).unwrap());
+        }
+    }
+    assert_eq!(cache.len(), ids.len());
+    let full = decoder.decode_step(0, &mut cache).unwrap_err();
+    assert!(matches!(full, CoreError::CacheFull { .. }), "{full:?}");
+}
+
+/// The early-exit probe at layer r equals what a pass observing every layer sees at r.
+fn early_exit_probe_matches_observed_layer(device: &Device) {
+    struct All(Vec<Probe>);
+    impl LayerObserver for All {
+        fn wants(&self, _layer: usize) -> bool {
+            true
+        }
+        fn observe(&mut self, probe: Probe) {
+            self.0.push(probe);
+        }
+    }
+    let model = load("llama-gqa", device);
+    let ids = reference("llama-gqa").prompt_ids;
+    let decoder = model.decoder();
+    let layers = decoder.config().num_layers;
+    let mut all = All(Vec::new());
+    decoder.observe(&ids, layers - 1, 3, &mut all).unwrap();
+    assert_eq!(all.0.len(), layers);
+    let probe = decoder.probe(&ids, 2, 3).unwrap();
+    let seen = &all.0[2];
+    assert_eq!(seen.layer, 2);
+    assert_eq!(probe.queries.dims(), [4, 3, 16]);
+    assert_eq!(probe.keys.dims(), [2, ids.len(), 16]);
+    let flat = |t: &gemfilter_core::burn::tensor::Tensor<3>| -> Vec<f32> {
+        t.clone()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
+    };
+    assert!(max_abs_diff(&flat(&probe.queries), &flat(&seen.queries)) < 1e-6);
+    assert!(max_abs_diff(&flat(&probe.keys), &flat(&seen.keys)) < 1e-6);
+}
+
+/// With k ≥ n GemFilter keeps everything and answers exactly like full attention.
+fn budget_above_prompt_keeps_everything(device: &Device) {
+    let model = load("llama-tied", device);
+    let ids = reference("llama-tied").prompt_ids;
+    let selector = GemFilterSelector::default();
+    let selection = select_tokens(model.decoder(), &ids, 1, ids.len() + 50, &selector).unwrap();
+    assert_eq!(selection.positions, (0..ids.len()).collect::<Vec<_>>());
+    let config = GenerationConfig::greedy(6, Vec::new());
+    let method = Method::GemFilter {
+        filter_layer: 1,
+        top_k: 10_000,
+        selector: &selector,
+    };
+    let gem = generate(model.decoder(), &ids, method, &config).unwrap();
+    let full = generate(model.decoder(), &ids, Method::Full, &config).unwrap();
+    assert_eq!(gem.tokens, full.tokens);
+    assert_eq!(gem.kept_tokens, ids.len());
+}
+
+/// Generation stops before the first EOS token, or at max_new_tokens.
+fn stops_at_eos_or_budget(device: &Device) {
+    let model = load("llama-gqa", device);
+    let r = reference("llama-gqa");
+    let greedy = &r.greedy_full;
+    let stop_at = greedy
+        .iter()
+        .position(|t| greedy.iter().filter(|u| *u == t).count() == 1 && greedy[0] != *t)
+        .expect("a token occurring once");
+    let config = GenerationConfig::greedy(8, vec![9999, greedy[stop_at]]);
+    let out = generate(model.decoder(), &r.prompt_ids, Method::Full, &config).unwrap();
+    assert_eq!(out.tokens, greedy[..stop_at].to_vec());
+    assert_eq!(out.finish_reason, FinishReason::Eos);
+
+    let config = GenerationConfig::greedy(3, Vec::new());
+    let out = generate(model.decoder(), &r.prompt_ids, Method::Full, &config).unwrap();
+    assert_eq!(out.tokens, greedy[..3].to_vec());
+    assert_eq!(out.finish_reason, FinishReason::MaxNewTokens);
+}
+
+/// Seeded sampling is reproducible; a tiny nucleus reduces to greedy.
+fn sampling_is_seeded(device: &Device) {
+    let model = load("llama-gqa", device);
+    let r = reference("llama-gqa");
+    let sample = |seed: u64, temperature: f32, top_p: f32| {
+        let config = GenerationConfig {
+            max_new_tokens: 8,
+            eos_token_ids: Vec::new(),
+            sampling: Sampling::TopP {
+                temperature,
+                top_p,
+                seed,
+            },
+        };
+        generate(model.decoder(), &r.prompt_ids, Method::Full, &config)
+            .unwrap()
+            .tokens
+    };
+    assert_eq!(sample(7, 1.5, 0.95), sample(7, 1.5, 0.95));
+    let draws: Vec<Vec<u32>> = (0..4).map(|seed| sample(seed, 3.0, 1.0)).collect();
+    assert!(
+        draws.iter().any(|d| d != &draws[0]),
+        "different seeds never differed"
+    );
+    assert_eq!(sample(3, 1.0, 1e-6), r.greedy_full);
+}
+
+/// A user-defined selector plugs into the same pipeline.
+fn custom_selector_runs_through_the_pipeline(device: &Device) {
+    struct LastTokens;
+    impl TokenSelector for LastTokens {
+        fn name(&self) -> &str {
+            "last-tokens"
+        }
+        fn select(&self, probe: &Probe, budget: usize) -> gemfilter_core::Result<Selection> {
+            let n = probe.num_positions();
+            let k = budget.min(n);
+            Ok(Selection {
+                positions: (n - k..n).collect(),
+                scores: (0..n).map(|i| i as f32).collect(),
+            })
+        }
+    }
+    let model = load("llama-gqa", device);
+    let ids = reference("llama-gqa").prompt_ids;
+    let request = Request {
+        selector: Some(&LastTokens),
+        max_new_tokens: 4,
+        ..Request::gemfilter(10)
+    };
+    let answer = model.generate_ids(&ids, &request).unwrap();
+    let n = ids.len();
+    assert_eq!(
+        answer.generation.selection.as_ref().unwrap().positions,
+        (n - 10..n).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        answer.filter_layer,
+        Some(2),
+        "fallback layer of a 4-layer model"
+    );
+    let kept = model.kept_text(&answer).unwrap();
+    assert!(kept.starts_with(GAP_MARKER), "{kept}");
+    let tail = model.tokenizer().decode(&ids[n - 10..], false).unwrap();
+    assert!(kept.ends_with(&tail), "{kept} / {tail}");
+}
+
+/// A selector that breaks the contract is reported, not trusted.
+fn invalid_selections_are_refused(device: &Device) {
+    struct Unsorted;
+    impl TokenSelector for Unsorted {
+        fn name(&self) -> &str {
+            "unsorted"
+        }
+        fn select(&self, probe: &Probe, _budget: usize) -> gemfilter_core::Result<Selection> {
+            Ok(Selection {
+                positions: vec![3, 1],
+                scores: vec![0.0; probe.num_positions()],
+            })
+        }
+    }
+    let model = load("llama-gqa", device);
+    let ids = reference("llama-gqa").prompt_ids;
+    let err = select_tokens(model.decoder(), &ids, 1, 4, &Unsorted).unwrap_err();
+    assert!(err.to_string().contains("not strictly ascending"), "{err}");
+}
+
+/// Bad parameters are errors naming the value, never panics.
+fn bad_parameters_are_errors(device: &Device) {
+    let model = load("llama-gqa", device);
+    let ids = reference("llama-gqa").prompt_ids;
+    let selector = GemFilterSelector::default();
+    let decoder = model.decoder();
+    let config = GenerationConfig::greedy(4, Vec::new());
+    let gem = |layer, top_k| Method::GemFilter {
+        filter_layer: layer,
+        top_k,
+        selector: &selector,
+    };
+
+    let err = generate(decoder, &ids, gem(1, 0), &config).unwrap_err();
+    assert_eq!(err, CoreError::ZeroTopK);
+    let err = generate(decoder, &ids, gem(4, 8), &config).unwrap_err();
+    assert_eq!(
+        err,
+        CoreError::FilterLayerOutOfRange {
+            layer: 4,
+            num_layers: 4
+        }
+    );
+    assert!(err.to_string().contains("valid: 0..=3"), "{err}");
+    let err = generate(decoder, &[], Method::Full, &config).unwrap_err();
+    assert_eq!(err, CoreError::EmptyPrompt);
+    let long = vec![5u32; 513];
+    let err = generate(decoder, &long, gem(1, 8), &config).unwrap_err();
+    assert_eq!(
+        err,
+        CoreError::PromptTooLong {
+            needed: 513,
+            max: 512
+        }
+    );
+    let err = generate(decoder, &[1, 320], Method::Full, &config).unwrap_err();
+    assert_eq!(
+        err,
+        CoreError::TokenOutOfVocabulary {
+            id: 320,
+            vocab_size: 320
+        }
+    );
+    let bad_sampling = GenerationConfig {
+        sampling: Sampling::TopP {
+            temperature: 0.0,
+            top_p: 0.9,
+            seed: 1,
+        },
+        ..config.clone()
+    };
+    let err = generate(decoder, &ids, Method::Full, &bad_sampling).unwrap_err();
+    assert!(err.to_string().contains("temperature"), "{err}");
+}
+
+on_every_backend!(
+    blocked_attention_matches_unblocked,
+    cached_decoding_matches_recomputation,
+    early_exit_probe_matches_observed_layer,
+    budget_above_prompt_keeps_everything,
+    stops_at_eos_or_budget,
+    sampling_is_seeded,
+    custom_selector_runs_through_the_pipeline,
+    invalid_selections_are_refused,
+    bad_parameters_are_errors,
+);

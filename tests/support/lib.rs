@@ -1,0 +1,106 @@
+//! Shared helpers of the workspace tests: fixture paths, reference files, and the one macro
+//! that runs a test body on every backend compiled in.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+pub use gemfilter_models::burn::tensor::Device;
+
+/// The committed tiny checkpoints (see `scripts/reference/make_fixtures.py`).
+pub const LLAMA_FIXTURES: &[&str] = &["llama-gqa", "llama-tied", "llama3-rope", "llama-headdim"];
+
+/// Absolute path of a fixture folder.
+pub fn fixture_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// What transformers produced for a fixture.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Reference {
+    pub prompt: String,
+    pub prompt_ids: Vec<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub last_logits: Vec<f32>,
+    pub gemfilter: GemFilterReference,
+    pub greedy_full: Vec<u32>,
+    pub greedy_full_min_margin: f32,
+    pub greedy_gemfilter: Vec<u32>,
+    pub greedy_gemfilter_min_margin: f32,
+    pub chat: ChatReference,
+}
+
+/// The reference GemFilter selection.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GemFilterReference {
+    pub filter_layer: usize,
+    pub top_k: usize,
+    pub positions: Vec<usize>,
+    pub pooled_scores: Vec<f32>,
+    pub boundary_margin: f32,
+}
+
+/// A rendered chat prompt.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatReference {
+    pub messages: Vec<ChatTurn>,
+    pub text: String,
+    pub ids: Vec<u32>,
+}
+
+/// One chat turn of the reference.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatTurn {
+    pub role: String,
+    pub content: String,
+}
+
+/// Reads `reference.json` of a fixture.
+pub fn reference(name: &str) -> Reference {
+    let path = fixture_dir(name).join("reference.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Largest absolute element-wise difference.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Every backend this test build can run, with its name.
+// ndarray is deprecated by Burn in favour of flex; it is kept because users named it.
+#[allow(deprecated)]
+pub fn backends() -> Vec<(&'static str, Device)> {
+    vec![("flex", Device::flex()), ("ndarray", Device::ndarray())]
+}
+
+/// Instantiates each listed test body (`fn(&Device)`) once per backend, as
+/// `flex::name`, `ndarray::name`, so every test runs on every backend without copies.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($body:ident),* $(,)?) => {
+        mod flex {
+            $(
+                #[test]
+                fn $body() {
+                    super::$body(&$crate::Device::flex());
+                }
+            )*
+        }
+        mod ndarray {
+            $(
+                #[test]
+                #[allow(deprecated)] // Burn deprecates ndarray in favour of flex; users still ask for it.
+                fn $body() {
+                    super::$body(&$crate::Device::ndarray());
+                }
+            )*
+        }
+    };
+}
