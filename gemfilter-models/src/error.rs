@@ -45,6 +45,14 @@ pub enum ModelError {
         /// What is wrong with it.
         problem: String,
     },
+    /// The configuration is self-inconsistent (e.g. heads not divisible by KV heads).
+    #[error("{path}: {message}")]
+    InconsistentConfig {
+        /// The config file.
+        path: PathBuf,
+        /// What the decoder refused.
+        message: String,
+    },
     /// The checkpoint describes an architecture this crate does not implement.
     #[error("unsupported architecture: {found} in {path} (supported: {supported})")]
     UnsupportedArchitecture {

@@ -3,7 +3,7 @@
 use gemfilter_core::{Activation, DecoderConfig};
 
 use super::TensorSpec;
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::hf::json::JsonFile;
 use crate::hf::rope::parse_rope;
 
@@ -51,7 +51,10 @@ pub fn decoder_config(config: &JsonFile) -> Result<DecoderConfig> {
     };
     decoder
         .validate()
-        .map_err(|e| config.invalid("(model shape)", e.to_string()))?;
+        .map_err(|e| ModelError::InconsistentConfig {
+            path: config.path().to_path_buf(),
+            message: e.to_string(),
+        })?;
     Ok(decoder)
 }
 

@@ -1,0 +1,344 @@
+//! The `gemfilter` binary end to end on the tiny fixtures: JSON and human output, and the
+//! one-line error with exit code 2 for every bad input.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+fn gemfilter(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gemfilter"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+fn reference(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Asserts exit code 2 and a single `error: …` line containing `needle`.
+fn assert_user_error(output: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(lines[0].contains(needle), "`{needle}` not in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn generate_json_matches_reference_selection() {
+    let model = fixture("llama-gqa");
+    let r = reference("llama-gqa");
+    let prompt = r["prompt"].as_str().unwrap();
+    let out = gemfilter(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--filter-layer",
+        "2",
+        "--top-k",
+        "24",
+        "--max-new-tokens",
+        "5",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout.trim().lines().count(),
+        1,
+        "exactly one JSON line: {stdout}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["method"], "gemfilter");
+    assert_eq!(json["backend"], "flex");
+    assert_eq!(
+        json["input_tokens"],
+        r["prompt_ids"].as_array().unwrap().len()
+    );
+    assert_eq!(json["kept_tokens"], 24);
+    assert_eq!(json["filter_layer"], 2);
+    assert_eq!(json["top_k"], 24);
+    assert_eq!(json["selected_positions"], r["gemfilter"]["positions"]);
+    assert!(json["answer"].is_string());
+    let tokens = json["answer_tokens"].as_array().unwrap();
+    assert!(!tokens.is_empty() && tokens.len() <= 5, "{tokens:?}");
+    for phase in ["select", "prefill", "decode"] {
+        assert!(json["timings_ms"][phase].as_f64().unwrap() >= 0.0);
+    }
+    assert!(json["model"].as_str().unwrap().ends_with("llama-gqa"));
+}
+
+#[test]
+fn generate_full_json() {
+    let model = fixture("llama-tied");
+    let out = gemfilter(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "The green lamp is quiet.",
+        "--full",
+        "--max-new-tokens",
+        "3",
+        "--json",
+        "--backend",
+        "ndarray",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["method"], "full");
+    assert_eq!(json["backend"], "ndarray");
+    assert_eq!(json["kept_tokens"], json["input_tokens"]);
+    assert!(json["selected_positions"].is_null());
+    assert!(json["filter_layer"].is_null());
+}
+
+#[test]
+fn generate_human_output_shows_kept_text() {
+    let model = fixture("llama-gqa");
+    let out = gemfilter(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "Remember the secret number 4721. The river runs under the old stone bridge. What is the number?",
+        "--top-k",
+        "8",
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("method:  gemfilter, filter layer 2, top-k 8:"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("→ 8 tokens"), "{stdout}");
+    assert!(stdout.contains("timings: select"), "{stdout}");
+    assert!(
+        stdout.contains("kept text ([...] marks dropped text):"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[...]"), "{stdout}");
+}
+
+#[test]
+fn chat_prompt_uses_template() {
+    let model = fixture("llama-tied");
+    let out = gemfilter(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "Where is the lamp?",
+        "--chat",
+        "--top-k",
+        "1000",
+        "--max-new-tokens",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kept = json["kept_text"].as_str().unwrap();
+    assert!(
+        kept.starts_with("<|im_start|>system\nYou are a helpful assistant.<|im_end|>"),
+        "{kept}"
+    );
+    assert!(kept.ends_with("<|im_start|>assistant\n"), "{kept}");
+}
+
+#[test]
+fn inspect_reports_architecture_and_filter_layer() {
+    let out = gemfilter(&[
+        "inspect",
+        "--model",
+        fixture("llama3-rope").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("architecture:   llama"), "{stdout}");
+    assert!(
+        stdout.contains("4 heads, 1 KV heads (4 per group), head_dim 16"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("llama3 (factor 8, low 1, high 4, original context 32)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("filter layer:   2 (fallback"), "{stdout}");
+}
+
+#[test]
+fn missing_model_folder() {
+    let out = gemfilter(&["generate", "--model", "/no/such/model", "--prompt", "hi"]);
+    assert_user_error(&out, "model folder not found: /no/such/model");
+}
+
+#[test]
+fn corrupt_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("llama-gqa")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{}",
+    )
+    .unwrap();
+    let out = gemfilter(&[
+        "generate",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    assert_user_error(&out, "corrupt weights file");
+}
+
+#[test]
+fn zero_top_k() {
+    let out = gemfilter(&[
+        "generate",
+        "--model",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--top-k",
+        "0",
+    ]);
+    assert_user_error(&out, "--top-k must be at least 1 (got 0)");
+}
+
+#[test]
+fn filter_layer_out_of_range() {
+    let out = gemfilter(&[
+        "generate",
+        "--model",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--filter-layer",
+        "4",
+    ]);
+    assert_user_error(
+        &out,
+        "--filter-layer 4 is out of range: the model has 4 layers (valid: 0..=3)",
+    );
+}
+
+#[test]
+fn empty_prompt() {
+    let out = gemfilter(&[
+        "generate",
+        "--model",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--prompt",
+        "   ",
+    ]);
+    assert_user_error(&out, "the prompt is empty");
+}
+
+#[test]
+fn missing_prompt_file() {
+    let out = gemfilter(&[
+        "generate",
+        "--model",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--prompt-file",
+        "/no/such/prompt.txt",
+    ]);
+    assert_user_error(&out, "cannot read prompt file /no/such/prompt.txt");
+}
+
+#[test]
+fn prompt_longer_than_the_model_allows() {
+    let long = "bridge ".repeat(600);
+    let out = gemfilter(&[
+        "generate",
+        "--model",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--prompt",
+        &long,
+    ]);
+    assert_user_error(
+        &out,
+        "but the model accepts at most 512 (max_position_embeddings)",
+    );
+}
+
+#[test]
+fn backend_not_compiled_in() {
+    let out = gemfilter(&[
+        "generate",
+        "--model",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--backend",
+        "cuda",
+    ]);
+    assert_user_error(
+        &out,
+        "backend `cuda` is not compiled into this binary; rebuild with",
+    );
+}
+
+#[test]
+fn chat_without_template() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("llama-gqa")).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "tokenizer_config.json" {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+    }
+    let out = gemfilter(&[
+        "generate",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--chat",
+    ]);
+    assert_user_error(&out, "has no chat template");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = gemfilter(&["generate", "--model", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--prompt"));
+}
