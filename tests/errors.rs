@@ -75,7 +75,7 @@ fn missing_folder() {
     assert!(matches!(err, ModelError::NotFound { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),
-        "model folder not found: /nonexistent/llama"
+        "model (a Hugging Face folder or a .gguf file) not found: /nonexistent/llama"
     );
 }
 

@@ -203,7 +203,10 @@ fn inspect_reports_architecture_and_filter_layer() {
 #[test]
 fn missing_model_folder() {
     let out = gemfilter(&["generate", "--model", "/no/such/model", "--prompt", "hi"]);
-    assert_user_error(&out, "model folder not found: /no/such/model");
+    assert_user_error(
+        &out,
+        "model (a Hugging Face folder or a .gguf file) not found: /no/such/model",
+    );
 }
 
 #[test]

@@ -30,6 +30,12 @@ pub enum RopeScaling {
         /// Context length the model was pre-trained with.
         original_max_position_embeddings: usize,
     },
+    /// Explicit per-frequency divisors of the plain inverse frequencies (llama.cpp's
+    /// `rope_freqs.weight`, how GGUF files carry LLaMA 3.1 scaling).
+    Frequencies {
+        /// One divisor per rotary frequency (`rotary_dim / 2` of them).
+        divisors: Vec<f64>,
+    },
     /// Phi-3 "longrope" (older checkpoints: "su"): per-frequency factors, the long set used once
     /// the sequence exceeds the original context, and a constant attention scaling of cos/sin.
     LongRope {
@@ -176,6 +182,18 @@ impl DecoderConfig {
                     return Err(CoreError::InvalidConfig(
                         "`rope_scaling.original_max_position_embeddings` must be positive".into(),
                     ));
+                }
+            }
+            RopeScaling::Frequencies { divisors } => {
+                if divisors.len() != self.rope.rotary_dim / 2 {
+                    return Err(CoreError::InvalidConfig(format!(
+                        "{} RoPE frequency divisors for rotary_dim / 2 = {} frequencies",
+                        divisors.len(),
+                        self.rope.rotary_dim / 2
+                    )));
+                }
+                for d in divisors {
+                    check_factor("rope frequency divisor", *d)?;
                 }
             }
             RopeScaling::LongRope {

@@ -330,13 +330,19 @@ impl Decoder {
 
         let last = self.weights.norm.forward(hidden.narrow(1, n - 1, 1));
         let logits = match &self.weights.lm_head {
-            Some(head) => head.forward(last),
-            None => burn::tensor::module::linear(
-                last,
-                self.weights.embed_tokens.weight.val().transpose(),
-                None,
-            ),
+            Some(head) => head.forward(last).reshape([self.config.vocab_size]),
+            // Tied head: E·hᵀ reads the [vocab, hidden] embedding as stored; h·Eᵀ would make
+            // backends materialise the transpose of the whole embedding on every call.
+            None => {
+                let hidden = last.reshape([self.config.hidden_size, 1]);
+                self.weights
+                    .embed_tokens
+                    .weight
+                    .val()
+                    .matmul(hidden)
+                    .reshape([self.config.vocab_size])
+            }
         };
-        Ok(Some(logits.reshape([self.config.vocab_size])))
+        Ok(Some(logits))
     }
 }

@@ -20,6 +20,7 @@
 pub mod arch;
 pub mod error;
 pub mod filter_layers;
+pub mod gguf;
 pub mod hf;
 pub mod model;
 
@@ -28,7 +29,9 @@ pub use error::{ModelError, Result};
 pub use filter_layers::{FilterLayerChoice, FilterLayerSource, default_filter_layer};
 pub use hf::chat::{ChatMessage, ChatTemplate};
 pub use hf::tokenizer::TextTokenizer;
-pub use model::{Answer, GAP_MARKER, KeptSpan, LoadOptions, Mode, Model, ModelInfo, Request};
+pub use model::{
+    Answer, GAP_MARKER, KeptSpan, LoadOptions, Mode, Model, ModelFormat, ModelInfo, Request,
+};
 
 pub use gemfilter_core;
 pub use gemfilter_core::burn;

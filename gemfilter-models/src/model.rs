@@ -11,10 +11,11 @@ use gemfilter_core::{
 use crate::arch::Architecture;
 use crate::error::{ModelError, Result};
 use crate::filter_layers::{FilterLayerChoice, default_filter_layer};
+use crate::gguf::{self, GgufFile};
 use crate::hf::chat::{ChatMessage, ChatTemplate};
 use crate::hf::json::JsonFile;
 use crate::hf::tokenizer::TextTokenizer;
-use crate::hf::weights::load_safetensors;
+use crate::hf::weights::{apply_tensors, load_safetensors};
 
 /// How to load weights.
 #[derive(Debug, Clone)]
@@ -29,11 +30,32 @@ impl Default for LoadOptions {
     }
 }
 
+/// The file format a model was loaded from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// A Hugging Face folder (config.json, safetensors, tokenizer.json).
+    HuggingFace,
+    /// A llama.cpp GGUF file.
+    Gguf,
+}
+
+impl ModelFormat {
+    /// Short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelFormat::HuggingFace => "huggingface",
+            ModelFormat::Gguf => "gguf",
+        }
+    }
+}
+
 /// Facts about a loaded model, for reports and `gemfilter inspect`.
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
     /// The folder (or file) loaded.
     pub path: PathBuf,
+    /// File format.
+    pub format: ModelFormat,
     /// Architecture family.
     pub architecture: Architecture,
     /// Token ids that end generation (config.json and generation_config.json together).
@@ -138,30 +160,38 @@ pub struct KeptSpan {
 pub const GAP_MARKER: &str = " [...] ";
 
 impl Model {
-    /// Loads a Hugging Face model folder onto `device` in f32.
+    /// Loads a model — a Hugging Face folder or a GGUF file — onto `device` in f32.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         Self::load_with(path, device, &LoadOptions::default())
     }
 
-    /// Loads a Hugging Face model folder onto `device` with `options`.
+    /// Loads a model — a Hugging Face folder or a GGUF file — onto `device` with `options`.
     pub fn load_with(
         path: impl AsRef<Path>,
         device: &Device,
         options: &LoadOptions,
     ) -> Result<Self> {
-        let folder = path.as_ref();
-        if !folder.exists() {
+        let path = path.as_ref();
+        if !path.exists() {
             return Err(ModelError::NotFound {
-                what: "model folder".into(),
-                path: folder.to_path_buf(),
+                what: "model (a Hugging Face folder or a .gguf file)".into(),
+                path: path.to_path_buf(),
             });
         }
-        if !folder.is_dir() {
-            return Err(ModelError::NotFound {
-                what: "model folder (a Hugging Face folder with config.json)".into(),
-                path: folder.to_path_buf(),
-            });
+        if path.is_dir() {
+            Self::load_hf_folder(path, device, options)
+        } else if gguf::is_gguf(path) {
+            Self::load_gguf(path, device, options)
+        } else {
+            Err(ModelError::CorruptWeights {
+                path: path.to_path_buf(),
+                message: "neither a Hugging Face model folder nor a GGUF file (no GGUF magic)"
+                    .into(),
+            })
         }
+    }
+
+    fn load_hf_folder(folder: &Path, device: &Device, options: &LoadOptions) -> Result<Self> {
         let config = JsonFile::read(&folder.join("config.json"), "config.json")?;
         let architecture = Architecture::detect(&config)?;
         let decoder_config = architecture.decoder_config(&config)?;
@@ -179,11 +209,56 @@ impl Model {
             chat_template,
             info: ModelInfo {
                 path: folder.to_path_buf(),
+                format: ModelFormat::HuggingFace,
                 architecture,
                 eos_token_ids,
                 filter_layer,
                 weight_files: report.files,
                 unused_tensors: report.unused,
+            },
+        })
+    }
+
+    fn load_gguf(path: &Path, device: &Device, options: &LoadOptions) -> Result<Self> {
+        let file = GgufFile::open(path)?;
+        let architecture = gguf::architecture(&file)?;
+        let config = gguf::hf_config(&file, architecture)?;
+        let mut decoder_config = architecture.decoder_config(&config)?;
+        let manifest = architecture.tensor_manifest(&decoder_config);
+        let (tensors, rope_factors, unused) =
+            gguf::checkpoint_tensors(&file, &manifest, &decoder_config)?;
+        gguf::apply_rope_factors(&mut decoder_config, rope_factors)?;
+        let tokenizer = gguf::tokenizer_from_gguf(&file)?;
+        let token_text = |key: &str| {
+            file.get(key)
+                .and_then(|v| v.as_u64())
+                .and_then(|id| tokenizer.inner().id_to_token(id as u32))
+                .unwrap_or_default()
+        };
+        let chat_template = match file.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+            Some(source) => Some(ChatTemplate::new(
+                source,
+                token_text("tokenizer.ggml.bos_token_id"),
+                token_text("tokenizer.ggml.eos_token_id"),
+            )?),
+            None => None,
+        };
+        let eos_token_ids = gguf::eos_token_ids(&file);
+        let mut decoder = Decoder::new(decoder_config, device)?;
+        apply_tensors(decoder.weights_mut(), tensors, options.dtype, path)?;
+        let filter_layer = default_filter_layer(architecture, decoder.config());
+        Ok(Self {
+            decoder,
+            tokenizer,
+            chat_template,
+            info: ModelInfo {
+                path: path.to_path_buf(),
+                format: ModelFormat::Gguf,
+                architecture,
+                eos_token_ids,
+                filter_layer,
+                weight_files: vec![path.to_path_buf()],
+                unused_tensors: unused,
             },
         })
     }

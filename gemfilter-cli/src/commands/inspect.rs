@@ -42,6 +42,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
         } => format!(
             "llama3 (factor {factor}, low {low_freq_factor}, high {high_freq_factor}, original context {original_max_position_embeddings})"
         ),
+        RopeScaling::Frequencies { divisors } => {
+            format!(
+                "per-frequency divisors from the file ({} values)",
+                divisors.len()
+            )
+        }
         RopeScaling::LongRope {
             original_max_position_embeddings,
             attention_factor,

@@ -36,6 +36,11 @@ impl RotaryEmbedding {
         let inv_freq = match &config.scaling {
             RopeScaling::None => plain,
             RopeScaling::Linear { factor } => plain.iter().map(|f| f / *factor as f32).collect(),
+            RopeScaling::Frequencies { divisors } => plain
+                .iter()
+                .zip(divisors)
+                .map(|(f, d)| f / *d as f32)
+                .collect(),
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,

@@ -47,6 +47,12 @@ impl JsonFile {
         })
     }
 
+    /// Wraps a value built in memory (e.g. translated from GGUF metadata); `path` names its
+    /// origin in errors.
+    pub fn from_value(path: &Path, value: Value) -> Result<Self> {
+        Self::parse(path, &value.to_string())
+    }
+
     /// A view of a nested object (e.g. `rope_scaling`), errors still naming the full field.
     pub fn object(&self, field: &str) -> Result<Option<JsonFile>> {
         match self.get(field) {
