@@ -100,7 +100,8 @@ fn tokenizers_from_metadata_match_transformers() {
 /// checked against its Hugging Face folder instead, below.)
 fn gguf_models_match_transformers(device: &Device) {
     let reference = reference();
-    for name in ["llama-gqa.gguf"] {
+    {
+        let name = "llama-gqa.gguf";
         let expected = &reference.files[name];
         let model = Model::load(gguf_dir().join(name), device).unwrap();
         assert_eq!(model.info().format, ModelFormat::Gguf);

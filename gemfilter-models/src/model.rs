@@ -225,9 +225,8 @@ impl Model {
         let config = gguf::hf_config(&file, architecture)?;
         let mut decoder_config = architecture.decoder_config(&config)?;
         let manifest = architecture.tensor_manifest(&decoder_config);
-        let (tensors, rope_factors, unused) =
-            gguf::checkpoint_tensors(&file, &manifest, &decoder_config)?;
-        gguf::apply_rope_factors(&mut decoder_config, rope_factors)?;
+        let checkpoint = gguf::checkpoint_tensors(&file, &manifest, &decoder_config)?;
+        gguf::apply_rope_factors(&mut decoder_config, checkpoint.rope_factors);
         let tokenizer = gguf::tokenizer_from_gguf(&file)?;
         let token_text = |key: &str| {
             file.get(key)
@@ -245,7 +244,12 @@ impl Model {
         };
         let eos_token_ids = gguf::eos_token_ids(&file);
         let mut decoder = Decoder::new(decoder_config, device)?;
-        apply_tensors(decoder.weights_mut(), tensors, options.dtype, path)?;
+        apply_tensors(
+            decoder.weights_mut(),
+            checkpoint.tensors,
+            options.dtype,
+            path,
+        )?;
         let filter_layer = default_filter_layer(architecture, decoder.config());
         Ok(Self {
             decoder,
@@ -258,7 +262,7 @@ impl Model {
                 eos_token_ids,
                 filter_layer,
                 weight_files: vec![path.to_path_buf()],
-                unused_tensors: unused,
+                unused_tensors: checkpoint.unused,
             },
         })
     }

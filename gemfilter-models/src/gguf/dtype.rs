@@ -109,7 +109,7 @@ impl GgmlType {
         let Some((block_elems, block_bytes)) = self.block() else {
             return Ok(0);
         };
-        if row_len % block_elems as u64 != 0 {
+        if !row_len.is_multiple_of(block_elems as u64) {
             return Err(format!(
                 "rows of {row_len} elements are not a multiple of the {} block size {block_elems}",
                 self.name()
@@ -126,7 +126,8 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], elements: usize) -> Result<Vec<f32
     let Some((block_elems, block_bytes)) = ty.block() else {
         return Err(format!("ggml type {} is not supported", ty.name()));
     };
-    if elements % block_elems != 0 || bytes.len() != elements / block_elems * block_bytes {
+    if !elements.is_multiple_of(block_elems) || bytes.len() != elements / block_elems * block_bytes
+    {
         return Err(format!(
             "{} bytes do not hold {elements} {} elements",
             bytes.len(),

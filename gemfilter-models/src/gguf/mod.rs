@@ -122,7 +122,7 @@ pub fn hf_config(file: &GgufFile, architecture: Architecture) -> Result<JsonFile
         json!(optional_f64("rope.freq_base").unwrap_or(10_000.0)),
     );
     let head_dim =
-        optional_u64("attention.key_length").unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+        optional_u64("attention.key_length").unwrap_or(hidden.checked_div(heads).unwrap_or(0));
     config.insert("head_dim".into(), json!(head_dim));
     if let Some(rotary) = optional_u64("rope.dimension_count")
         && head_dim > 0
@@ -235,14 +235,23 @@ pub fn unpermute_rows(values: &[f32], rows: usize, heads: usize) -> Vec<f32> {
     out
 }
 
-/// Tensors of a GGUF file as f32 checkpoint tensors (Hugging Face names, PyTorch layout),
-/// dequantised lazily when applied. Also returns the per-frequency RoPE divisors of a
-/// `rope_freqs.weight` tensor (LLaMA 3.1 files), and the GGUF names the architecture does not use.
+/// The tensors of a GGUF file, ready for [`crate::hf::weights::apply_tensors`].
+pub struct CheckpointTensors {
+    /// f32 tensors named by module path in PyTorch layout, dequantised when applied.
+    pub tensors: Vec<PackTensor>,
+    /// Per-frequency RoPE divisors of a `rope_freqs.weight` tensor (LLaMA 3.1 files).
+    pub rope_factors: Option<Vec<f64>>,
+    /// GGUF tensors the architecture does not use.
+    pub unused: Vec<String>,
+}
+
+/// Maps the tensors of a GGUF file onto `manifest` (checking presence, type and shape) as f32
+/// checkpoint tensors with Hugging Face names in PyTorch layout, dequantised lazily.
 pub fn checkpoint_tensors(
     file: &GgufFile,
     manifest: &[TensorSpec],
     config: &DecoderConfig,
-) -> Result<(Vec<PackTensor>, Option<Vec<f64>>, Vec<String>)> {
+) -> Result<CheckpointTensors> {
     let mut by_hf_name = std::collections::HashMap::new();
     let mut unused = Vec::new();
     let mut rope_factors = None;
@@ -314,7 +323,11 @@ pub fn checkpoint_tensors(
         ));
     }
     unused.extend(by_hf_name.into_values().map(|(info, _)| info.name));
-    Ok((tensors, rope_factors, unused))
+    Ok(CheckpointTensors {
+        tensors,
+        rope_factors,
+        unused,
+    })
 }
 
 fn dequantize_checked(file: &GgufFile, info: &TensorInfo) -> Result<Vec<f32>> {
@@ -359,11 +372,10 @@ fn gguf_name_of(hf: &str) -> String {
 
 /// Applies a `rope_freqs.weight` tensor: llama.cpp stores LLaMA 3.1's scaled frequencies as
 /// per-frequency divisors of the plain ones.
-pub fn apply_rope_factors(config: &mut DecoderConfig, factors: Option<Vec<f64>>) -> Result<()> {
+pub fn apply_rope_factors(config: &mut DecoderConfig, factors: Option<Vec<f64>>) {
     if let Some(factors) = factors {
         config.rope.scaling = RopeScaling::Frequencies { divisors: factors };
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -136,11 +136,14 @@ impl GgufFile {
             source,
         })?;
         let bytes = Arc::new(bytes);
-        let (version, metadata, tensors) =
-            parse(&bytes).map_err(|message| ModelError::CorruptWeights {
-                path: path.to_path_buf(),
-                message,
-            })?;
+        let Header {
+            version,
+            metadata,
+            tensors,
+        } = parse(&bytes).map_err(|message| ModelError::CorruptWeights {
+            path: path.to_path_buf(),
+            message,
+        })?;
         Ok(Self {
             path: path.to_path_buf(),
             bytes,
@@ -191,10 +194,19 @@ impl GgufFile {
     }
 }
 
+/// What a GGUF header holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    /// Format version.
+    pub version: u32,
+    /// Metadata key → value.
+    pub metadata: BTreeMap<String, MetaValue>,
+    /// Tensor directory with absolute, bounds-checked offsets.
+    pub tensors: Vec<TensorInfo>,
+}
+
 /// Parses a whole GGUF image held in memory; the error message says what is wrong.
-pub fn parse(
-    bytes: &[u8],
-) -> std::result::Result<(u32, BTreeMap<String, MetaValue>, Vec<TensorInfo>), String> {
+pub fn parse(bytes: &[u8]) -> std::result::Result<Header, String> {
     let mut cursor = Cursor { bytes, pos: 0 };
     let magic = cursor
         .u32()
@@ -294,7 +306,11 @@ pub fn parse(
             byte_len,
         });
     }
-    Ok((version, metadata, tensors))
+    Ok(Header {
+        version,
+        metadata,
+        tensors,
+    })
 }
 
 /// Arrays nest at most this deep (real files use one level).
