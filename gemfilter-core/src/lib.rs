@@ -19,6 +19,7 @@ pub mod config;
 pub mod decoder;
 pub mod error;
 pub mod generate;
+pub mod layers;
 pub mod nn;
 pub mod probe;
 pub mod selector;
@@ -31,6 +32,7 @@ pub use generate::{
     FinishReason, Generation, GenerationConfig, Method, PhaseTimings, Sampling, generate,
     select_tokens,
 };
+pub use layers::selections_per_layer;
 pub use probe::{LayerObserver, Probe};
 pub use selector::{GemFilterSelector, Selection, TokenSelector};
 

@@ -1,8 +1,10 @@
 //! Which layer filters by default: the paper's hand-picked layers for the models it evaluated,
 //! else a documented fallback.
 
+use std::path::{Path, PathBuf};
+
 use gemfilter_core::DecoderConfig;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::arch::Architecture;
 
@@ -39,6 +41,19 @@ pub const KNOWN_FILTER_LAYERS: &[KnownFilterLayer] = &[
         vocab_size: 128_256,
         layer: 13,
     },
+    // Calibrated here (`gemfilter calibrate`, k = 256): layer 14 is the earliest within 0.05 of the
+    // best mean needle recall at 1K/2K tokens (0.665 vs 0.704 at layer 23) and at 2K/4K tokens
+    // (0.596 vs 0.604 at layer 24).
+    KnownFilterLayer {
+        name: "SmolLM2-135M (Instruct)",
+        model_type: "llama",
+        num_layers: 30,
+        hidden_size: 576,
+        num_heads: 9,
+        num_kv_heads: 3,
+        vocab_size: 49_152,
+        layer: 14,
+    },
     KnownFilterLayer {
         name: "Mistral Nemo 12B (Instruct)",
         model_type: "mistral",
@@ -65,6 +80,8 @@ pub const KNOWN_FILTER_LAYERS: &[KnownFilterLayer] = &[
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum FilterLayerSource {
+    /// A calibration file written by `gemfilter calibrate` for this model.
+    Calibration(PathBuf),
     /// The table of known models (the name of the match).
     Known(String),
     /// Nothing known: `round(num_layers × 13 / 32)`, LLaMA 3.1 8B's choice scaled to depth.
@@ -85,7 +102,114 @@ pub fn fallback_filter_layer(num_layers: usize) -> usize {
     ((num_layers * 13 + 16) / 32).min(num_layers.saturating_sub(1))
 }
 
-/// The default filter layer of a model.
+/// Mean needle recall of one layer in a calibration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerRecall {
+    /// 0-based layer.
+    pub layer: usize,
+    /// Mean fraction of needle tokens kept over the probe prompts.
+    pub mean_recall: f64,
+}
+
+/// What `gemfilter calibrate` writes and `generate` / `needle` read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Model file or folder calibrated.
+    pub model: String,
+    /// Shape signature the file applies to.
+    pub signature: String,
+    /// Recommended filter layer: the earliest within `tolerance` of the best mean recall.
+    pub recommended_layer: usize,
+    /// Layer with the best mean recall.
+    pub best_layer: usize,
+    /// Allowed shortfall from the best mean recall.
+    pub tolerance: f64,
+    /// Token budget used.
+    pub top_k: usize,
+    /// Prompt lengths (tokens) probed.
+    pub lengths: Vec<usize>,
+    /// Needle depths probed.
+    pub depths: Vec<f64>,
+    /// Mean recall per layer.
+    pub per_layer: Vec<LayerRecall>,
+}
+
+impl Calibration {
+    /// The earliest layer whose mean recall is within `tolerance` of the best, and the best.
+    pub fn recommend(per_layer: &[LayerRecall], tolerance: f64) -> Option<(usize, usize)> {
+        let best = per_layer.iter().max_by(|a, b| {
+            a.mean_recall
+                .total_cmp(&b.mean_recall)
+                .then(b.layer.cmp(&a.layer))
+        })?;
+        let earliest = per_layer
+            .iter()
+            .filter(|l| l.mean_recall >= best.mean_recall - tolerance)
+            .map(|l| l.layer)
+            .min()?;
+        Some((earliest, best.layer))
+    }
+}
+
+/// Shape signature of a model: architecture and sizes.
+pub fn signature(architecture: Architecture, config: &DecoderConfig) -> String {
+    format!(
+        "{}-{}l-{}h-{}q{}kv-{}v",
+        architecture.name(),
+        config.num_layers,
+        config.hidden_size,
+        config.num_heads,
+        config.num_kv_heads,
+        config.vocab_size
+    )
+}
+
+/// Where the calibration of the model at `model_path` is stored (in the cache folder).
+pub fn calibration_path(
+    model_path: &Path,
+    architecture: Architecture,
+    config: &DecoderConfig,
+) -> PathBuf {
+    let stem = model_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "model".into());
+    crate::demo_model::cache_dir()
+        .join("calibration")
+        .join(format!("{stem}--{}.json", signature(architecture, config)))
+}
+
+/// Reads a calibration file, `None` when absent or not for this model.
+pub fn read_calibration(
+    path: &Path,
+    architecture: Architecture,
+    config: &DecoderConfig,
+) -> Option<Calibration> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let calibration: Calibration = serde_json::from_str(&text).ok()?;
+    (calibration.signature == signature(architecture, config)
+        && calibration.recommended_layer < config.num_layers)
+        .then_some(calibration)
+}
+
+/// The default filter layer of the model at `model_path`: its calibration file if one exists,
+/// else the table of known models, else the fallback.
+pub fn filter_layer_for(
+    model_path: &Path,
+    architecture: Architecture,
+    config: &DecoderConfig,
+) -> FilterLayerChoice {
+    let path = calibration_path(model_path, architecture, config);
+    match read_calibration(&path, architecture, config) {
+        Some(calibration) => FilterLayerChoice {
+            layer: calibration.recommended_layer,
+            source: FilterLayerSource::Calibration(path),
+        },
+        None => default_filter_layer(architecture, config),
+    }
+}
+
+/// The default filter layer of a model from the table of known models, else the fallback.
 pub fn default_filter_layer(
     architecture: Architecture,
     config: &DecoderConfig,
@@ -113,6 +237,17 @@ pub fn default_filter_layer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recommends_the_earliest_layer_within_tolerance() {
+        let per_layer: Vec<LayerRecall> = [0.1, 0.5, 0.86, 0.9, 0.7]
+            .iter()
+            .enumerate()
+            .map(|(layer, &mean_recall)| LayerRecall { layer, mean_recall })
+            .collect();
+        assert_eq!(Calibration::recommend(&per_layer, 0.05), Some((2, 3)));
+        assert_eq!(Calibration::recommend(&per_layer, 0.0), Some((3, 3)));
+    }
 
     #[test]
     fn fallback_scales_llama_choice() {

@@ -18,15 +18,20 @@
 //! ```
 
 pub mod arch;
+pub mod demo_model;
 pub mod error;
 pub mod filter_layers;
 pub mod gguf;
 pub mod hf;
 pub mod model;
+pub mod needle;
 
 pub use arch::{Architecture, TensorSpec};
 pub use error::{ModelError, Result};
-pub use filter_layers::{FilterLayerChoice, FilterLayerSource, default_filter_layer};
+pub use filter_layers::{
+    Calibration, FilterLayerChoice, FilterLayerSource, LayerRecall, default_filter_layer,
+    filter_layer_for,
+};
 pub use hf::chat::{ChatMessage, ChatTemplate};
 pub use hf::tokenizer::TextTokenizer;
 pub use model::{

@@ -10,7 +10,7 @@ use gemfilter_core::{
 
 use crate::arch::Architecture;
 use crate::error::{ModelError, Result};
-use crate::filter_layers::{FilterLayerChoice, default_filter_layer};
+use crate::filter_layers::{FilterLayerChoice, filter_layer_for};
 use crate::gguf::{self, GgufFile};
 use crate::hf::chat::{ChatMessage, ChatTemplate};
 use crate::hf::json::JsonFile;
@@ -202,7 +202,7 @@ impl Model {
 
         let mut decoder = Decoder::new(decoder_config, device)?;
         let report = load_safetensors(folder, &manifest, decoder.weights_mut(), options.dtype)?;
-        let filter_layer = default_filter_layer(architecture, decoder.config());
+        let filter_layer = filter_layer_for(folder, architecture, decoder.config());
         Ok(Self {
             decoder,
             tokenizer,
@@ -250,7 +250,7 @@ impl Model {
             options.dtype,
             path,
         )?;
-        let filter_layer = default_filter_layer(architecture, decoder.config());
+        let filter_layer = filter_layer_for(path, architecture, decoder.config());
         Ok(Self {
             decoder,
             tokenizer,

