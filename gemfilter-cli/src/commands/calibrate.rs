@@ -106,9 +106,8 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         depths: args.depths.clone(),
         per_layer: per_layer.clone(),
     };
-    let path = args.output.unwrap_or_else(|| {
-        calibration_path(&model.info().path, model.info().architecture, &config)
-    });
+    let default_path = calibration_path(&model.info().path, model.info().architecture, &config);
+    let path = args.output.clone().unwrap_or_else(|| default_path.clone());
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
@@ -138,9 +137,13 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         "recommended filter layer: {recommended} (earliest within {} of the best, layer {best} at {:.3})",
         args.tolerance, per_layer[best].mean_recall
     );
-    println!(
-        "written to {} (used by generate and needle for this model)",
-        path.display()
-    );
+    if path == default_path {
+        println!(
+            "written to {} (generate, needle and demo now use it for this model)",
+            path.display()
+        );
+    } else {
+        println!("written to {}", path.display());
+    }
     Ok(())
 }
