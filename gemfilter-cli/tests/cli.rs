@@ -345,3 +345,224 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--prompt"));
 }
+
+#[test]
+fn needle_grid_writes_report_and_heatmap() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let prompts = out_dir.path().join("prompts");
+    let out = gemfilter(&[
+        "needle",
+        "--model",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--lengths",
+        "150,300",
+        "--depths",
+        "0,0.5,1",
+        "--methods",
+        "full,gemfilter",
+        "--top-k",
+        "16",
+        "--max-new-tokens",
+        "3",
+        "--no-chat",
+        "--output",
+        out_dir.path().to_str().unwrap(),
+        "--save-prompts",
+        prompts.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.path().join("needle.json")).unwrap())
+            .unwrap();
+    let cells = report["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2 * 3 * 2);
+    for cell in cells {
+        let recall = &cell["needle_recall"];
+        match cell["method"].as_str().unwrap() {
+            "full" => assert!(recall.is_null()),
+            "gemfilter" => assert!((0.0..=1.0).contains(&recall.as_f64().unwrap())),
+            other => panic!("unexpected method {other}"),
+        }
+        assert!(cell["input_tokens"].as_u64().unwrap() >= 100);
+        assert!(cell["ttft_ms"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(report["summary"].as_array().unwrap().len(), 4);
+    let svg = std::fs::read_to_string(out_dir.path().join("needle.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("needle recall") && svg.contains("answer correct")
+    );
+    assert!(prompts.join("needle-300-0.50.txt").is_file());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("gemfilter") && stdout.contains("accuracy"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn needle_recall_is_one_when_everything_is_kept() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = gemfilter(&[
+        "needle",
+        "--model",
+        fixture("llama-tied").to_str().unwrap(),
+        "--lengths",
+        "120",
+        "--depths",
+        "0.5",
+        "--methods",
+        "gemfilter",
+        "--top-k",
+        "10000",
+        "--max-new-tokens",
+        "2",
+        "--no-chat",
+        "--output",
+        out_dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.path().join("needle.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["cells"][0]["needle_recall"].as_f64(), Some(1.0));
+}
+
+#[test]
+fn calibrate_writes_a_per_layer_table() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let path = out_dir.path().join("calibration.json");
+    let out = gemfilter(&[
+        "calibrate",
+        "--model",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--lengths",
+        "200",
+        "--depths",
+        "0.2,0.8",
+        "--top-k",
+        "24",
+        "--no-chat",
+        "--output",
+        path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calibration: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let per_layer = calibration["per_layer"].as_array().unwrap();
+    assert_eq!(per_layer.len(), 4);
+    let recommended = calibration["recommended_layer"].as_u64().unwrap();
+    let best = calibration["best_layer"].as_u64().unwrap();
+    assert!(recommended <= best);
+    let recall = |l: u64| per_layer[l as usize]["mean_recall"].as_f64().unwrap();
+    assert!(recall(recommended) >= recall(best) - 0.05);
+    assert!(
+        per_layer
+            .iter()
+            .all(|l| (0.0..=1.0).contains(&l["mean_recall"].as_f64().unwrap()))
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("recommended filter layer:"), "{stdout}");
+}
+
+#[test]
+fn bench_reports_ratios() {
+    let out = gemfilter(&[
+        "bench",
+        "--model",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--lengths",
+        "200,400",
+        "--top-k",
+        "32",
+        "--decode-tokens",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[0]["method"], "full");
+    assert_eq!(rows[0]["ttft_vs_full"].as_f64(), Some(1.0));
+    assert_eq!(rows[1]["method"], "gemfilter-k32");
+    assert!(rows[1]["ttft_vs_full"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn demo_runs_on_any_model() {
+    let out = gemfilter(&[
+        "demo",
+        "--model",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--tokens",
+        "250",
+        "--top-k",
+        "32",
+        "--no-chat",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("GemFilter (filter layer 2, keep 32 of"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Full attention over all"), "{stdout}");
+    assert!(stdout.contains("time to first token"), "{stdout}");
+}
+
+#[test]
+fn needle_rejects_bad_grids() {
+    let model = fixture("llama-gqa");
+    let out = gemfilter(&[
+        "needle",
+        "--model",
+        model.to_str().unwrap(),
+        "--depths",
+        "1.5",
+    ]);
+    assert_user_error(&out, "--depths must lie in [0, 1] (got 1.5)");
+    let out = gemfilter(&[
+        "needle",
+        "--model",
+        model.to_str().unwrap(),
+        "--lengths",
+        "0",
+    ]);
+    assert_user_error(&out, "--lengths must list positive token counts");
+    let out = gemfilter(&[
+        "needle",
+        "--model",
+        model.to_str().unwrap(),
+        "--lengths",
+        "9000",
+    ]);
+    assert_user_error(&out, "--lengths 9000 exceeds the model's 512 positions");
+    let out = gemfilter(&[
+        "needle",
+        "--model",
+        model.to_str().unwrap(),
+        "--haystack-file",
+        "/no/such/haystack.txt",
+    ]);
+    assert_user_error(&out, "cannot read haystack file /no/such/haystack.txt");
+}
