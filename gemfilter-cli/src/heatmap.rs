@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::commands::needle::{Cell, Method};
 
@@ -61,31 +62,40 @@ pub fn needle_heatmaps(
     let areas = root.split_evenly((1, panels.len().max(1)));
     for (&(method, score), area) in panels.iter().zip(areas) {
         let title = format!("{}: {}", method.name(), score.name());
+        // Rows top to bottom: depth 0% (start of the context) first, as in the paper's figure.
+        let (columns, rows) = (lengths.len(), depths.len());
         let mut chart = ChartBuilder::on(&area)
             .caption(title, ("sans-serif", 16))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(48)
-            .build_cartesian_2d(0..lengths.len(), 0..depths.len())
+            .build_cartesian_2d(0..columns, 0..rows)
             .map_err(|e| err(&e))?;
+        // Tick labels sit on cell edges; shift them to the cell centres.
+        let (width, height) = chart.plotting_area().dim_in_pixel();
         chart
             .configure_mesh()
             .disable_mesh()
             .x_desc("context length (tokens)")
             .y_desc("needle depth")
-            .x_labels(lengths.len())
-            .y_labels(depths.len())
-            .x_label_formatter(&|i| lengths.get(*i).map(|l| l.to_string()).unwrap_or_default())
-            .y_label_formatter(&|i| {
-                depths
-                    .get(*i)
+            .x_labels(columns + 1)
+            .y_labels(rows + 1)
+            .x_label_offset(width as i32 / (2 * columns as i32))
+            .y_label_offset(-(height as i32) / (2 * rows as i32))
+            .x_label_formatter(&|&i| lengths.get(i).map(|l| l.to_string()).unwrap_or_default())
+            .y_label_formatter(&|&i| {
+                rows.checked_sub(i + 1)
+                    .and_then(|d| depths.get(d))
                     .map(|d| format!("{:.0}%", d * 100.0))
                     .unwrap_or_default()
             })
             .draw()
             .map_err(|e| err(&e))?;
+        let centre = TextStyle::from(("sans-serif", 12).into_font())
+            .pos(Pos::new(HPos::Center, VPos::Center));
         for (xi, &length) in lengths.iter().enumerate() {
-            for (yi, &depth) in depths.iter().enumerate() {
+            for (di, &depth) in depths.iter().enumerate() {
+                let yi = rows - 1 - di;
                 let value = cells
                     .iter()
                     .find(|c| c.method == method && c.target_tokens == length && c.depth == depth)
@@ -98,12 +108,11 @@ pub fn needle_heatmaps(
                     )))
                     .map_err(|e| err(&e))?;
                 if let Some(v) = value {
-                    chart
-                        .draw_series(std::iter::once(Text::new(
-                            format!("{v:.2}"),
-                            (xi, yi),
-                            ("sans-serif", 12),
-                        )))
+                    // Pixel centre of the cell.
+                    let (left, top) = chart.backend_coord(&(xi, yi + 1));
+                    let (right, bottom) = chart.backend_coord(&(xi + 1, yi));
+                    let at = ((left + right) / 2, (top + bottom) / 2);
+                    root.draw(&Text::new(format!("{v:.2}"), at, centre.clone()))
                         .map_err(|e| err(&e))?;
                 }
             }
