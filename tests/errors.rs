@@ -135,6 +135,85 @@ fn unknown_rope_type_is_refused() {
 }
 
 #[test]
+fn unknown_phi3_rope_type_is_refused() {
+    let (_tmp, folder) = copy_fixture("phi3-longrope");
+    edit_config(&folder, |c| c["rope_scaling"]["type"] = "dynamic".into());
+    let err = load_err(&folder).to_string();
+    assert!(
+        err.contains("field `rope_scaling.rope_type` is `dynamic`, which is not supported")
+            && err.contains("longrope (su)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn longrope_factor_count_is_checked() {
+    let (_tmp, folder) = copy_fixture("phi3-longrope");
+    edit_config(&folder, |c| {
+        c["rope_scaling"]["short_factor"] = serde_json::json!([1.0, 2.0])
+    });
+    let err = load_err(&folder).to_string();
+    assert!(
+        err.contains(
+            "field `rope_scaling.short_factor` has 2 entries, expected rotary dimension / 2 = 6"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn legacy_su_rope_type_is_longrope() {
+    let (_tmp, folder) = copy_fixture("phi3-longrope");
+    edit_config(&folder, |c| c["rope_scaling"]["type"] = "su".into());
+    let model = Model::load(&folder, &Device::flex()).unwrap();
+    assert!(matches!(
+        model.decoder().config().rope.scaling,
+        gemfilter_core::RopeScaling::LongRope { .. }
+    ));
+}
+
+#[test]
+fn longrope_is_refused_for_llama() {
+    let (_tmp, folder) = copy_fixture("llama-gqa");
+    edit_config(
+        &folder,
+        |c| c["rope_scaling"] = serde_json::json!({"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}),
+    );
+    let err = load_err(&folder).to_string();
+    assert!(
+        err.contains("field `rope_scaling.rope_type` is `longrope`, which is not supported"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mistral_window_defaults_like_transformers() {
+    // No `sliding_window` key: MistralConfig's default of 4096; explicit null: no window.
+    let (_tmp, folder) = copy_fixture("mistral-window");
+    edit_config(&folder, |c| {
+        c.as_object_mut().unwrap().remove("sliding_window");
+    });
+    let model = Model::load(&folder, &Device::flex()).unwrap();
+    assert_eq!(model.decoder().config().sliding_window, Some(4096));
+    edit_config(&folder, |c| c["sliding_window"] = serde_json::Value::Null);
+    let model = Model::load(&folder, &Device::flex()).unwrap();
+    assert_eq!(model.decoder().config().sliding_window, None);
+}
+
+#[test]
+fn missing_fused_tensor_is_named() {
+    let (_tmp, folder) = copy_fixture("phi3-longrope");
+    rewrite_weights(&folder, |name, dtype, shape, data| {
+        (name != "model.layers.2.self_attn.qkv_proj.weight").then_some((dtype, shape, data))
+    });
+    let err = load_err(&folder).to_string();
+    assert!(
+        err.contains("`model.layers.2.self_attn.qkv_proj.weight`"),
+        "{err}"
+    );
+}
+
+#[test]
 fn inconsistent_heads() {
     let (_tmp, folder) = copy_fixture("llama-gqa");
     edit_config(&folder, |c| c["num_key_value_heads"] = 3.into());

@@ -151,7 +151,74 @@ fn gguf_and_folder_agree(device: &Device) {
     assert_eq!(gguf.info().eos_token_ids, vec![2]);
 }
 
-on_every_backend!(gguf_models_match_transformers, gguf_and_folder_agree);
+/// Phi-3 as llama.cpp writes it (fused attn_qkv / ffn_up, longrope factors as tensors, window
+/// and original context in metadata) is the same model as its Hugging Face folder.
+fn phi3_gguf_matches_its_folder(device: &Device) {
+    let folder = Model::load(fixture_dir("phi3-longrope"), device).unwrap();
+    let gguf = Model::load(gguf_dir().join("phi3-longrope.gguf"), device).unwrap();
+    assert_eq!(gguf.info().architecture.name(), "phi3");
+    let (mut a, b) = (
+        gguf.decoder().config().clone(),
+        folder.decoder().config().clone(),
+    );
+    // GGUF stores eps as f32: 1e-5 reads back as 9.9999997e-6 (the same f32 in the arithmetic).
+    assert!((a.rms_norm_eps - b.rms_norm_eps).abs() < 1e-12);
+    a.rms_norm_eps = b.rms_norm_eps;
+    match (&mut a.rope.scaling, &b.rope.scaling) {
+        (
+            gemfilter_core::RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                attention_factor,
+                ..
+            },
+            gemfilter_core::RopeScaling::LongRope {
+                attention_factor: expected,
+                ..
+            },
+        ) => {
+            // Factors travel as f32 tensors and the attention factor as f32 metadata.
+            assert!((*attention_factor - expected).abs() < 1e-6);
+            *attention_factor = *expected;
+            for f in short_factor.iter_mut().chain(long_factor.iter_mut()) {
+                *f = (*f as f32) as f64;
+            }
+        }
+        other => panic!("expected longrope on both sides, got {other:?}"),
+    }
+    let mut b = b;
+    if let gemfilter_core::RopeScaling::LongRope {
+        short_factor,
+        long_factor,
+        ..
+    } = &mut b.rope.scaling
+    {
+        for f in short_factor.iter_mut().chain(long_factor.iter_mut()) {
+            *f = (*f as f32) as f64;
+        }
+    }
+    assert_eq!(a, b);
+    let r = gemfilter_tests::reference("phi3-longrope");
+    for ids in [&r.prompt_ids, &r.short_prompt.as_ref().unwrap().ids] {
+        let logits = |m: &Model| -> Vec<f32> {
+            m.decoder()
+                .last_logits(ids)
+                .unwrap()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap()
+        };
+        let error = max_abs_diff(&logits(&folder), &logits(&gguf));
+        assert!(error < 1e-5, "phi3 GGUF vs folder: {error}");
+    }
+}
+
+on_every_backend!(
+    gguf_models_match_transformers,
+    gguf_and_folder_agree,
+    phi3_gguf_matches_its_folder
+);
 
 fn broken_copy(edit: impl FnOnce(&mut Vec<u8>)) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();

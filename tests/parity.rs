@@ -125,4 +125,72 @@ fn llama_headdim(device: &Device) {
     check_fixture("llama-headdim", device);
 }
 
-on_every_backend!(llama_gqa, llama_tied, llama3_rope, llama_headdim);
+fn mistral_window(device: &Device) {
+    check_fixture("mistral-window", device);
+}
+
+fn phi3_longrope(device: &Device) {
+    check_fixture("phi3-longrope", device);
+}
+
+fn last_logits(model: &Model, ids: &[u32]) -> Vec<f32> {
+    model
+        .decoder()
+        .last_logits(ids)
+        .unwrap()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap()
+}
+
+/// The window matters: without it the logits move by what transformers measured.
+fn mistral_window_changes_the_output(device: &Device) {
+    let reference = reference("mistral-window");
+    let expected_change = reference.logits_change_without_window.expect("recorded");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture_dir("mistral-window")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let config_path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["sliding_window"] = serde_json::Value::Null;
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let model = Model::load(dir.path(), device).unwrap();
+    assert_eq!(model.decoder().config().sliding_window, None);
+    let unwindowed = last_logits(&model, &reference.prompt_ids);
+    let change = max_abs_diff(&unwindowed, &reference.last_logits);
+    assert!(
+        (change - expected_change).abs() < 1e-3,
+        "change {change} vs transformers' {expected_change}"
+    );
+    let windowed = Model::load(fixture_dir("mistral-window"), device).unwrap();
+    assert_eq!(windowed.decoder().config().sliding_window, Some(24));
+}
+
+/// A prompt within the original context stays on the short factors.
+fn phi3_short_prompt_uses_short_factors(device: &Device) {
+    let reference = reference("phi3-longrope");
+    let short = reference.short_prompt.expect("recorded");
+    let model = Model::load(fixture_dir("phi3-longrope"), device).unwrap();
+    assert_eq!(model.prompt_ids(&short.prompt, false).unwrap(), short.ids);
+    let error = max_abs_diff(&last_logits(&model, &short.ids), &short.last_logits);
+    println!("phi3-longrope short prompt on {device:?}: max |logit error| = {error:.3e}");
+    assert!(
+        error <= LOGIT_TOLERANCE,
+        "short prompt logits differ by {error}"
+    );
+}
+
+on_every_backend!(
+    llama_gqa,
+    llama_tied,
+    llama3_rope,
+    llama_headdim,
+    mistral_window,
+    phi3_longrope,
+    mistral_window_changes_the_output,
+    phi3_short_prompt_uses_short_factors,
+);

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod arch;
+pub mod checkpoint;
 pub mod demo_model;
 pub mod error;
 pub mod filter_layers;

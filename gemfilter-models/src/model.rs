@@ -226,7 +226,7 @@ impl Model {
         let config = gguf::hf_config(&file, architecture)?;
         let mut decoder_config = architecture.decoder_config(&config)?;
         let manifest = architecture.tensor_manifest(&decoder_config);
-        let checkpoint = gguf::checkpoint_tensors(&file, &manifest, &decoder_config)?;
+        let checkpoint = gguf::checkpoint_tensors(&file, architecture, &manifest, &decoder_config)?;
         gguf::apply_rope_factors(&mut decoder_config, checkpoint.rope_factors);
         let tokenizer = gguf::tokenizer_from_gguf(&file)?;
         let token_text = |key: &str| {

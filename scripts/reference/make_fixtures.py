@@ -35,8 +35,25 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+)
+from transformers.models.llama.modeling_llama import repeat_kv
+from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb  # handles partial rotary too
+
+ARCHITECTURES = {
+    "llama": ("LlamaForCausalLM", LlamaConfig, LlamaForCausalLM),
+    "mistral": ("MistralForCausalLM", MistralConfig, MistralForCausalLM),
+    "phi3": ("Phi3ForCausalLM", Phi3Config, Phi3ForCausalLM),
+}
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -84,11 +101,11 @@ def corpus(seed: int, lines: int) -> list[str]:
     return out
 
 
-def train_tokenizer(specials: list[str], bos: str | None, vocab_size: int, seed: int) -> Tokenizer:
+def train_tokenizer(specials: list[str], bos: str | None, vocab_size: int, seed: int, split: str = LLAMA3_SPLIT) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
         ]
     )
@@ -152,8 +169,15 @@ def gemfilter_reference(model, ids: list[int], layer: int, top_k: int):
         x = block.input_layernorm(hidden)
         n = len(ids)
         head_dim = attn.head_dim
-        q = attn.q_proj(x).view(1, n, -1, head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(1, n, -1, head_dim).transpose(1, 2)
+        if hasattr(attn, "qkv_proj"):  # Phi-3: q, k, v fused in this order
+            q_width = cfg.num_attention_heads * head_dim
+            kv_width = cfg.num_key_value_heads * head_dim
+            qkv = attn.qkv_proj(x)
+            q_flat, k_flat = qkv[..., :q_width], qkv[..., q_width : q_width + kv_width]
+        else:
+            q_flat, k_flat = attn.q_proj(x), attn.k_proj(x)
+        q = q_flat.view(1, n, -1, head_dim).transpose(1, 2)
+        k = k_flat.view(1, n, -1, head_dim).transpose(1, 2)
         position_ids = torch.arange(n).unsqueeze(0)
         cos, sin = model.model.rotary_emb(x, position_ids)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
@@ -206,7 +230,8 @@ def build(spec: dict) -> None:
 
     bos, eos = spec["bos"], spec["eos"]
     specials = spec["specials"]
-    tok = train_tokenizer(specials, bos if spec["add_bos"] else None, spec["vocab_size"], spec["seed"])
+    tok = train_tokenizer(specials, bos if spec["add_bos"] else None, spec["vocab_size"], spec["seed"],
+                          spec.get("split", LLAMA3_SPLIT))
     tok.save(str(folder / "tokenizer.json"))
     vocab_size = tok.get_vocab_size()
     eos_ids = [tok.token_to_id(t) for t in eos]
@@ -220,9 +245,10 @@ def build(spec: dict) -> None:
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
 
+    architecture, config_class, model_class = ARCHITECTURES[spec.get("model_type", "llama")]
     published = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [architecture],
+        "model_type": spec.get("model_type", "llama"),
         "vocab_size": vocab_size,
         "hidden_size": spec["hidden_size"],
         "intermediate_size": spec["intermediate_size"],
@@ -233,24 +259,26 @@ def build(spec: dict) -> None:
         "max_position_embeddings": spec["max_position_embeddings"],
         "rms_norm_eps": spec["rms_norm_eps"],
         "tie_word_embeddings": spec["tied"],
-        "attention_bias": False,
-        "mlp_bias": False,
         "bos_token_id": tok.token_to_id(bos),
         "eos_token_id": eos_ids[0] if spec["eos_as_int"] else eos_ids,
         "torch_dtype": spec["dtype"],
     }
+    if published["model_type"] == "llama":
+        published.update({"attention_bias": False, "mlp_bias": False})
     if spec.get("head_dim"):
         published["head_dim"] = spec["head_dim"]
     published.update(spec["rope_fields"])
+    published.update(spec.get("extra_fields", {}))
 
     # Model weights: the first init seed whose greedy choices and selection boundary are clear.
     prompt = " ".join(corpus(spec["seed"] + 1, spec["prompt_sentences"]))
     for attempt in range(50):
         init_seed = spec["seed"] * 1000 + attempt
-        model = LlamaForCausalLM(LlamaConfig(**copy.deepcopy(published))).eval()
+        # Built from the written config.json, as from_pretrained reads published files.
+        write_published_config(folder, published)
+        model = model_class(AutoConfig.from_pretrained(folder)).eval()
         randomize(model, init_seed)
         write_weights(folder, model, spec)
-        write_published_config(folder, published)
 
         # Everything below reads the folder back, as a user of transformers would.
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
@@ -268,6 +296,26 @@ def build(spec: dict) -> None:
         raise SystemExit(f"{name}: no init seed gave clear greedy choices")
     with torch.no_grad():
         last_logits = model(torch.tensor([ids])).logits[0, -1].tolist()
+    extra = {}
+    if "window_check" in spec:
+        # The sliding window must change the output, or the fixture proves nothing about it.
+        unwindowed = AutoConfig.from_pretrained(folder)
+        unwindowed.sliding_window = None
+        plain = model_class(unwindowed).eval()
+        plain.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            plain_logits = plain(torch.tensor([ids])).logits[0, -1]
+        change = float((plain_logits - torch.tensor(last_logits)).abs().max())
+        assert change > 0.1, f"{name}: the sliding window barely changes the logits ({change})"
+        extra["logits_change_without_window"] = change
+    if "short_prompt_sentences" in spec:
+        short = " ".join(corpus(spec["seed"] + 2, spec["short_prompt_sentences"]))
+        short_ids = tokenizer(short)["input_ids"]
+        assert len(short_ids) <= spec["extra_fields"]["original_max_position_embeddings"], len(short_ids)
+        assert len(ids) > spec["extra_fields"]["original_max_position_embeddings"], len(ids)
+        with torch.no_grad():
+            short_logits = model(torch.tensor([short_ids])).logits[0, -1].tolist()
+        extra["short_prompt"] = {"prompt": short, "ids": short_ids, "last_logits": short_logits}
 
     messages = [
         {"role": "system", "content": "You answer briefly."},
@@ -296,12 +344,30 @@ def build(spec: dict) -> None:
         "greedy_gemfilter": greedy_gem,
         "greedy_gemfilter_min_margin": margin_gem,
         "chat": {"messages": messages, "text": chat_text, "ids": chat_ids},
+        **extra,
     }
     (folder / "reference.json").write_text(json.dumps(reference) + "\n")
     size = sum(f.stat().st_size for f in folder.iterdir())
     print(f"{name}: n={len(ids)} vocab={vocab_size} kept={len(positions)} margins full={margin_full:.3f} "
           f"gem={margin_gem:.3f} boundary={boundary:.4f} size={size / 1e6:.2f} MB")
 
+
+TEKKEN_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+MISTRAL_SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+PHI3_SPECIALS = ["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|end|>", "<|system|>", "<|endoftext|>"]
+PHI3_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|' + message['role'] + '|>' + '\n' + message['content'] + '<|end|>\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
 
 LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"]
 CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -351,10 +417,46 @@ SPECS = [
         "rope_fields": {"rope_parameters": {"rope_type": "default", "rope_theta": 20000.0}},
         "prompt_sentences": 3, "filter_layer": 1, "top_k": 16,
     },
+    {
+        # Mistral with a sliding window (24) far shorter than the prompt, which must change the
+        # output; head_dim (24) ≠ hidden / heads (16); tekken-style pre-tokenizer split.
+        "name": "mistral-window", "model_type": "mistral", "seed": 53, "vocab_size": 320,
+        "specials": MISTRAL_SPECIALS, "split": TEKKEN_SPLIT,
+        "bos": "<s>", "eos": ["</s>"], "add_bos": True, "eos_as_int": True,
+        "chat_template": MISTRAL_CHAT_TEMPLATE, "head_dim": 24,
+        "hidden_size": 64, "intermediate_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2,
+        "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "tied": False, "dtype": "float32",
+        "rope_fields": {"rope_theta": 1000000.0}, "extra_fields": {"sliding_window": 24},
+        "window_check": True,
+        "prompt_sentences": 3, "filter_layer": 2, "top_k": 20,
+    },
+    {
+        # Phi-3 with longrope (published `type` key; transformers 5.24 cannot read `su`), the prompt (> 64 tokens) longer than
+        # original_max_position_embeddings (64) so the long factors apply, a short prompt that
+        # stays on the short factors, partial rotary (0.75) and a sliding window.
+        "name": "phi3-longrope", "model_type": "phi3", "seed": 67, "vocab_size": 320,
+        "specials": PHI3_SPECIALS,
+        "bos": "<s>", "eos": ["<|end|>", "<|endoftext|>"], "add_bos": False, "eos_as_int": False,
+        "chat_template": PHI3_CHAT_TEMPLATE,
+        "hidden_size": 64, "intermediate_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 4,
+        "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "tied": False, "dtype": "float32",
+        "rope_fields": {"rope_theta": 10000.0, "rope_scaling": {
+            "type": "longrope",
+            "short_factor": [1.0, 1.1, 1.3, 1.7, 2.2, 3.0],
+            "long_factor": [1.0, 1.6, 3.5, 8.0, 15.0, 26.0]}},
+        "extra_fields": {"original_max_position_embeddings": 64, "partial_rotary_factor": 0.75, "pad_token_id": 0,
+                         "sliding_window": 96},
+        "short_prompt_sentences": 1,
+        "prompt_sentences": 4, "filter_layer": 2, "top_k": 24,
+    },
 ]
 
 
 if __name__ == "__main__":
+    import sys
+
     torch.set_num_threads(2)
+    wanted = set(sys.argv[1:])
     for spec in SPECS:
-        build(spec)
+        if not wanted or spec["name"] in wanted:
+            build(spec)

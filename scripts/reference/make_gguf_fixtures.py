@@ -12,6 +12,9 @@ Writes:
   Q4_1 gate/up, Q4_0 down), a gpt2 tokenizer with pre-tokenizer `llama-bpe`, BOS added, a chat template.
 - `llama-tied.gguf`: the llama-tied fixture, tied embeddings (no `output.weight`), F32, a gpt2 tokenizer
   with an unknown pre-tokenizer name (plain byte-level split, like SmolLM2's `smollm`), no BOS.
+- `phi3-longrope.gguf`: the phi3-longrope fixture as llama.cpp writes Phi-3 (fused `attn_qkv` and `ffn_up`, f32,
+  longrope factors as `rope_factors_{short,long}` tensors, original context, attention factor and sliding
+  window in metadata); checked against its Hugging Face folder in the Rust tests.
 - `spm-tokenizer.gguf`: a tokenizer-only file with a `llama` (SentencePiece) vocabulary: scores, byte
   tokens, control tokens.
 - `reference.json`: for each model file, transformers' last-position logits (note: transformers 5.24
@@ -160,6 +163,54 @@ def write_model(name: str, pre: str, add_bos: bool, types: dict) -> Path:
     return path
 
 
+def write_phi3(name: str) -> Path:
+    """A Phi-3 fixture as llama.cpp converts it: fused attn_qkv and ffn_up (gate then up), NeoX RoPE
+    (no row permutation), longrope factors as tensors, original context and sliding window in metadata."""
+    folder = FIXTURES / name
+    config = json.loads((folder / "config.json").read_text())
+    weights = {k: v.astype(np.float32) for k, v in load_file(str(folder / "model.safetensors")).items()}
+    path = OUT / f"{name}.gguf"
+    writer = GGUFWriter(str(path), "phi3")
+    writer.add_name(name)
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config["num_key_value_heads"])
+    writer.add_rope_freq_base(config["rope_theta"])
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_vocab_size(config["vocab_size"])
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    writer.add_rope_dimension_count(int(head_dim * config.get("partial_rotary_factor", 1.0)))
+    original = config["original_max_position_embeddings"]
+    writer.add_rope_scaling_orig_ctx_len(original)
+    scale = config["max_position_embeddings"] / original
+    writer.add_rope_scaling_attn_factors(float(np.sqrt(1 + np.log(scale) / np.log(original))))
+    writer.add_sliding_window(config["sliding_window"])
+    tokenizer_metadata(writer, folder, "llama-bpe", False)
+    scaling = config["rope_scaling"]
+    writer.add_tensor("rope_factors_long.weight", np.array(scaling["long_factor"], dtype=np.float32))
+    writer.add_tensor("rope_factors_short.weight", np.array(scaling["short_factor"], dtype=np.float32))
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    per_layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+                 "self_attn.qkv_proj": "attn_qkv", "self_attn.o_proj": "attn_output",
+                 "mlp.gate_up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for hf, w in weights.items():
+        if hf in names:
+            gname = names[hf]
+        else:
+            layer = hf.split(".")[2]
+            gname = f"blk.{layer}.{per_layer['.'.join(hf.split('.')[3:-1])]}.weight"
+        writer.add_tensor(gname, w)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def write_spm_tokenizer() -> Path:
     """A small SentencePiece-style vocabulary: <unk>, <s>, </s>, 256 byte tokens, pieces with scores."""
     rng = random.Random(5)
@@ -206,11 +257,12 @@ def main() -> None:
                       "ffn_down": Q.Q4_0}), "llama-gqa"),
         (write_model("llama-tied", "some-unknown-pre", False, {}), "llama-tied"),
         (write_spm_tokenizer(), None),
+        (write_phi3("phi3-longrope"), "phi3-longrope"),
     ]
     for path, source in files:
         tokenizer = AutoTokenizer.from_pretrained(OUT, gguf_file=path.name)
         entry = {"ids": [tokenizer(text)["input_ids"] for text in TEST_SET]}
-        if source is not None:
+        if source is not None and not path.name.startswith("phi3"):
             model = AutoModelForCausalLM.from_pretrained(OUT, gguf_file=path.name, dtype=torch.float32).eval()
             prompt_ids = json.loads((FIXTURES / source / "reference.json").read_text())["prompt_ids"]
             with torch.no_grad():

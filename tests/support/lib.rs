@@ -8,7 +8,14 @@ use serde::Deserialize;
 pub use gemfilter_models::burn::tensor::Device;
 
 /// The committed tiny checkpoints (see `scripts/reference/make_fixtures.py`).
-pub const LLAMA_FIXTURES: &[&str] = &["llama-gqa", "llama-tied", "llama3-rope", "llama-headdim"];
+pub const FIXTURES: &[&str] = &[
+    "llama-gqa",
+    "llama-tied",
+    "llama3-rope",
+    "llama-headdim",
+    "mistral-window",
+    "phi3-longrope",
+];
 
 /// Absolute path of a fixture folder.
 pub fn fixture_dir(name: &str) -> PathBuf {
@@ -30,6 +37,18 @@ pub struct Reference {
     pub greedy_gemfilter: Vec<u32>,
     pub greedy_gemfilter_min_margin: f32,
     pub chat: ChatReference,
+    /// Mistral window fixture: how much the logits move without the window.
+    pub logits_change_without_window: Option<f32>,
+    /// Phi-3 longrope fixture: a prompt within the original context.
+    pub short_prompt: Option<ShortPrompt>,
+}
+
+/// A second prompt of a fixture, with its logits.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ShortPrompt {
+    pub prompt: String,
+    pub ids: Vec<u32>,
+    pub last_logits: Vec<f32>,
 }
 
 /// The reference GemFilter selection.

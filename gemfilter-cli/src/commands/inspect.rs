@@ -49,11 +49,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
             )
         }
         RopeScaling::LongRope {
+            short_factor,
+            long_factor,
             original_max_position_embeddings,
             attention_factor,
-            ..
         } => format!(
-            "longrope (original context {original_max_position_embeddings}, attention factor {attention_factor:.4})"
+            "longrope (original context {original_max_position_embeddings}, attention factor {attention_factor:.4}, short factors {short_factor:?}, long factors {long_factor:?}; long ones apply past the original context)"
         ),
     };
     let source = match &info.filter_layer.source {

@@ -5,14 +5,44 @@ use gemfilter_core::{Activation, DecoderConfig};
 use super::TensorSpec;
 use crate::error::{ModelError, Result};
 use crate::hf::json::JsonFile;
-use crate::hf::rope::parse_rope;
+use crate::hf::rope::{RopeDefaults, parse_rope};
 
 /// `model_type` of this family in `config.json`.
 pub const MODEL_TYPE: &str = "llama";
 
+/// Defaults of a LLaMA-style family for fields a `config.json` may omit (transformers' values).
+#[derive(Debug, Clone, Copy)]
+pub struct FamilyDefaults {
+    /// `rope_theta` when absent.
+    pub rope_theta: f64,
+    /// `rms_norm_eps` when absent.
+    pub rms_norm_eps: f64,
+    /// `max_position_embeddings` when absent.
+    pub max_position_embeddings: usize,
+    /// `sliding_window` when the key is absent (`null` always means none); `None` when the
+    /// family has no sliding window at all.
+    pub sliding_window: Option<Option<usize>>,
+    /// Whether "longrope" (Phi-3) rope scaling is part of the family.
+    pub longrope: bool,
+}
+
+/// LLaMA's defaults (`LlamaConfig`).
+pub const DEFAULTS: FamilyDefaults = FamilyDefaults {
+    rope_theta: 10_000.0,
+    rms_norm_eps: 1e-6,
+    max_position_embeddings: 2048,
+    sliding_window: None,
+    longrope: false,
+};
+
 /// Maps a LLaMA `config.json` onto the architecture-neutral [`DecoderConfig`], with
 /// transformers' defaults for absent fields.
 pub fn decoder_config(config: &JsonFile) -> Result<DecoderConfig> {
+    llama_like_config(config, &DEFAULTS)
+}
+
+/// The config mapping shared by the LLaMA-style families (LLaMA, Mistral, Phi-3).
+pub fn llama_like_config(config: &JsonFile, defaults: &FamilyDefaults) -> Result<DecoderConfig> {
     let hidden_size = config.usize("hidden_size")?;
     let num_heads = config.usize("num_attention_heads")?;
     if num_heads == 0 {
@@ -32,6 +62,23 @@ pub fn decoder_config(config: &JsonFile) -> Result<DecoderConfig> {
             format!("is `{act}`; only `silu` is supported"),
         ));
     }
+    let max_position_embeddings = config
+        .opt_usize("max_position_embeddings")?
+        .unwrap_or(defaults.max_position_embeddings);
+    let sliding_window = match defaults.sliding_window {
+        None => None,
+        Some(when_absent) if !config.has("sliding_window") => when_absent,
+        Some(_) => config.opt_usize("sliding_window")?,
+    };
+    let rope = parse_rope(
+        config,
+        head_dim,
+        &RopeDefaults {
+            theta: defaults.rope_theta,
+            max_position_embeddings,
+            longrope: defaults.longrope,
+        },
+    )?;
     let decoder = DecoderConfig {
         vocab_size: config.usize("vocab_size")?,
         hidden_size,
@@ -40,10 +87,12 @@ pub fn decoder_config(config: &JsonFile) -> Result<DecoderConfig> {
         num_heads,
         num_kv_heads,
         head_dim,
-        rms_norm_eps: config.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
-        rope: parse_rope(config, head_dim, 10_000.0)?,
-        max_position_embeddings: config.opt_usize("max_position_embeddings")?.unwrap_or(2048),
-        sliding_window: None,
+        rms_norm_eps: config
+            .opt_f64("rms_norm_eps")?
+            .unwrap_or(defaults.rms_norm_eps),
+        rope,
+        max_position_embeddings,
+        sliding_window,
         tie_word_embeddings: config.opt_bool("tie_word_embeddings")?.unwrap_or(false),
         attention_bias: config.opt_bool("attention_bias")?.unwrap_or(false),
         mlp_bias: config.opt_bool("mlp_bias")?.unwrap_or(false),

@@ -10,6 +10,7 @@ pub mod dtype;
 pub mod reader;
 pub mod tokenizer;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ pub use reader::{GgufFile, MetaValue, TensorInfo};
 pub use tokenizer::tokenizer_from_gguf;
 
 use crate::arch::{Architecture, TensorSpec};
+use crate::checkpoint::{Offered, resolve};
 use crate::error::{ModelError, Result};
 use crate::hf::json::JsonFile;
 
@@ -45,7 +47,8 @@ fn corrupt(file: &GgufFile, message: impl Into<String>) -> ModelError {
     }
 }
 
-/// The architecture a GGUF file declares (`general.architecture`).
+/// The architecture a GGUF file declares (`general.architecture`; llama.cpp writes Mistral
+/// models as `llama`).
 pub fn architecture(file: &GgufFile) -> Result<Architecture> {
     let name = file
         .get("general.architecture")
@@ -53,18 +56,27 @@ pub fn architecture(file: &GgufFile) -> Result<Architecture> {
         .ok_or_else(|| corrupt(file, "metadata `general.architecture` is missing"))?;
     match name {
         "llama" => Ok(Architecture::Llama),
+        "phi3" => Ok(Architecture::Phi3),
         other => Err(ModelError::UnsupportedArchitecture {
             path: file.path().to_path_buf(),
             found: format!("general.architecture `{other}`"),
-            supported: Architecture::SUPPORTED.join(", "),
+            supported: "llama (also Mistral), phi3".into(),
         }),
+    }
+}
+
+/// The metadata prefix llama.cpp uses for an architecture.
+fn prefix(architecture: Architecture) -> &'static str {
+    match architecture {
+        Architecture::Llama | Architecture::Mistral => "llama",
+        Architecture::Phi3 => "phi3",
     }
 }
 
 /// A Hugging Face `config.json` equivalent of the GGUF metadata, so the architecture module
 /// reads both formats the same way. Missing required keys are reported with their GGUF names.
 pub fn hf_config(file: &GgufFile, architecture: Architecture) -> Result<JsonFile> {
-    let arch = architecture.name();
+    let arch = prefix(architecture);
     let key = |name: &str| format!("{arch}.{name}");
     let required = |name: &str| -> Result<u64> {
         let k = key(name);
@@ -96,7 +108,7 @@ pub fn hf_config(file: &GgufFile, architecture: Architecture) -> Result<JsonFile
         },
     };
     let mut config = Map::new();
-    config.insert("model_type".into(), json!(arch));
+    config.insert("model_type".into(), json!(architecture.name()));
     config.insert("vocab_size".into(), json!(vocab));
     config.insert("hidden_size".into(), json!(hidden));
     config.insert(
@@ -164,7 +176,53 @@ pub fn hf_config(file: &GgufFile, architecture: Architecture) -> Result<JsonFile
         "tie_word_embeddings".into(),
         json!(file.tensor("output.weight").is_none()),
     );
+    if architecture == Architecture::Phi3 {
+        phi3_config(file, &mut config)?;
+    }
     JsonFile::from_value(file.path(), Value::Object(config))
+}
+
+/// Phi-3 extras: sliding window, and longrope from the `rope_factors_{short,long}` tensors.
+fn phi3_config(file: &GgufFile, config: &mut Map<String, Value>) -> Result<()> {
+    let window = file
+        .get("phi3.attention.sliding_window")
+        .and_then(MetaValue::as_u64);
+    config.insert("sliding_window".into(), json!(window));
+    if let Some(original) = file
+        .get("phi3.rope.scaling.original_context_length")
+        .and_then(MetaValue::as_u64)
+    {
+        config.insert("original_max_position_embeddings".into(), json!(original));
+    }
+    let factors = |name: &str| -> Result<Option<Vec<f32>>> {
+        file.tensor(name)
+            .map(|info| dequantize_checked(file, info))
+            .transpose()
+    };
+    match (
+        factors("rope_factors_short.weight")?,
+        factors("rope_factors_long.weight")?,
+    ) {
+        (Some(short), Some(long)) => {
+            let mut rope =
+                json!({"rope_type": "longrope", "short_factor": short, "long_factor": long});
+            if let Some(attention) = file
+                .get("phi3.rope.scaling.attn_factor")
+                .and_then(MetaValue::as_f64)
+            {
+                rope["attention_factor"] = json!(attention);
+            }
+            config.insert("rope_scaling".into(), rope);
+        }
+        (None, None) => {}
+        _ => {
+            return Err(corrupt(
+                file,
+                "only one of rope_factors_short.weight and rope_factors_long.weight is present",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// EOS ids: llama.cpp stops at every end-of-generation token the file names.
@@ -184,35 +242,175 @@ pub fn eos_token_ids(file: &GgufFile) -> Vec<u32> {
     ids
 }
 
-/// The Hugging Face name of a LLaMA GGUF tensor, and the head count whose RoPE row
-/// permutation must be undone (`attn_q`: heads, `attn_k`: KV heads).
-fn llama_name(name: &str, config: &DecoderConfig) -> Option<(String, Option<usize>)> {
-    let fixed = match name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(hf) = fixed {
+/// How a per-layer GGUF tensor maps to a checkpoint tensor, and whose heads' RoPE row
+/// interleave must be undone (llama.cpp permutes LLaMA's q/k rows; Phi-3 uses NeoX rotation,
+/// which needs none).
+#[derive(Clone, Copy)]
+enum Permute {
+    None,
+    Heads,
+    KvHeads,
+}
+
+/// `(GGUF role, checkpoint role, permutation)` per layer, by architecture.
+fn layer_roles(architecture: Architecture) -> &'static [(&'static str, &'static str, Permute)] {
+    match architecture {
+        Architecture::Llama | Architecture::Mistral => &[
+            ("attn_norm", "input_layernorm", Permute::None),
+            ("ffn_norm", "post_attention_layernorm", Permute::None),
+            ("attn_q", "self_attn.q_proj", Permute::Heads),
+            ("attn_k", "self_attn.k_proj", Permute::KvHeads),
+            ("attn_v", "self_attn.v_proj", Permute::None),
+            ("attn_output", "self_attn.o_proj", Permute::None),
+            ("ffn_gate", "mlp.gate_proj", Permute::None),
+            ("ffn_up", "mlp.up_proj", Permute::None),
+            ("ffn_down", "mlp.down_proj", Permute::None),
+        ],
+        Architecture::Phi3 => &[
+            ("attn_norm", "input_layernorm", Permute::None),
+            ("ffn_norm", "post_attention_layernorm", Permute::None),
+            ("attn_qkv", "self_attn.qkv_proj", Permute::None),
+            ("attn_output", "self_attn.o_proj", Permute::None),
+            ("ffn_up", "mlp.gate_up_proj", Permute::None),
+            ("ffn_down", "mlp.down_proj", Permute::None),
+        ],
+    }
+}
+
+/// Tensors outside the layers, common to every architecture here.
+const GLOBAL_NAMES: &[(&str, &str)] = &[
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// The checkpoint name of a GGUF tensor, with the head count of its RoPE permutation.
+fn checkpoint_name(
+    architecture: Architecture,
+    name: &str,
+    config: &DecoderConfig,
+) -> Option<(String, Option<usize>)> {
+    if let Some((_, hf)) = GLOBAL_NAMES.iter().find(|(g, _)| *g == name) {
         return Some((hf.to_string(), None));
     }
     let rest = name.strip_prefix("blk.")?;
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (role, param) = rest.rsplit_once('.')?;
-    let (hf, permute) = match role {
-        "attn_norm" => ("input_layernorm", None),
-        "ffn_norm" => ("post_attention_layernorm", None),
-        "attn_q" => ("self_attn.q_proj", Some(config.num_heads)),
-        "attn_k" => ("self_attn.k_proj", Some(config.num_kv_heads)),
-        "attn_v" => ("self_attn.v_proj", None),
-        "attn_output" => ("self_attn.o_proj", None),
-        "ffn_gate" => ("mlp.gate_proj", None),
-        "ffn_up" => ("mlp.up_proj", None),
-        "ffn_down" => ("mlp.down_proj", None),
-        _ => return None,
+    let (_, hf, permute) = layer_roles(architecture)
+        .iter()
+        .find(|(g, _, _)| *g == role)?;
+    let heads = match permute {
+        Permute::None => None,
+        Permute::Heads => Some(config.num_heads),
+        Permute::KvHeads => Some(config.num_kv_heads),
     };
-    Some((format!("model.layers.{layer}.{hf}.{param}"), permute))
+    Some((format!("model.layers.{layer}.{hf}.{param}"), heads))
+}
+
+/// The GGUF name of a checkpoint tensor (for error messages).
+fn gguf_name(architecture: Architecture, hf: &str) -> String {
+    if let Some((g, _)) = GLOBAL_NAMES.iter().find(|(_, h)| *h == hf) {
+        return g.to_string();
+    }
+    if let Some(rest) = hf.strip_prefix("model.layers.")
+        && let Some((layer, rest)) = rest.split_once('.')
+        && let Some((role, param)) = rest.rsplit_once('.')
+        && let Some((g, _, _)) = layer_roles(architecture)
+            .iter()
+            .find(|(_, h, _)| *h == role)
+    {
+        return format!("blk.{layer}.{g}.{param}");
+    }
+    hf.to_string()
+}
+
+/// The tensors of a GGUF file, ready for [`crate::hf::weights::apply_tensors`].
+pub struct CheckpointTensors {
+    /// f32 tensors named by module path in PyTorch layout, dequantised when applied.
+    pub tensors: Vec<PackTensor>,
+    /// Per-frequency RoPE divisors of a `rope_freqs.weight` tensor (LLaMA 3.1 files).
+    pub rope_factors: Option<Vec<f64>>,
+    /// GGUF tensors the architecture does not use.
+    pub unused: Vec<String>,
+}
+
+/// Maps the tensors of a GGUF file onto `manifest` (checking presence, type and shape) as f32
+/// checkpoint tensors with Hugging Face names in PyTorch layout, dequantised lazily.
+pub fn checkpoint_tensors(
+    file: &GgufFile,
+    architecture: Architecture,
+    manifest: &[TensorSpec],
+    config: &DecoderConfig,
+) -> Result<CheckpointTensors> {
+    let mut offered = BTreeMap::new();
+    let mut unused = Vec::new();
+    let mut rope_factors = None;
+    let bytes = file.shared_bytes();
+    for info in file.tensors() {
+        match info.name.as_str() {
+            "rope_freqs.weight" => {
+                let values = dequantize_checked(file, info)?;
+                rope_factors = Some(values.iter().map(|&v| v as f64).collect());
+                continue;
+            }
+            // Read into the config already (Phi-3 longrope).
+            "rope_factors_short.weight" | "rope_factors_long.weight" => continue,
+            _ => {}
+        }
+        let Some((hf, permute)) = checkpoint_name(architecture, &info.name, config) else {
+            unused.push(info.name.clone());
+            continue;
+        };
+        if let GgmlType::Unsupported(_, type_name) = info.ggml_type {
+            return Err(ModelError::UnsupportedDType {
+                path: file.path().to_path_buf(),
+                name: info.name.clone(),
+                dtype: format!(
+                    "{type_name} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K)"
+                ),
+            });
+        }
+        let shape = info.shape();
+        let provider_shape = shape.clone();
+        let bytes = Arc::clone(&bytes);
+        let tensor_info = info.clone();
+        let tensor = bridge::deferred(
+            hf.clone(),
+            burn::tensor::DType::F32,
+            shape.into(),
+            None,
+            move || {
+                let info = &tensor_info;
+                let raw = &bytes[info.offset as usize..(info.offset + info.byte_len) as usize];
+                let values =
+                    dtype::dequantize(info.ggml_type, raw, info.num_elements() as usize)
+                        .map_err(|e| PackError::ValidationError(format!("{}: {e}", info.name)))?;
+                let values = match permute {
+                    Some(heads) => unpermute_rows(&values, provider_shape[0], heads),
+                    None => values,
+                };
+                Ok(TensorData::new(values, provider_shape.clone()))
+            },
+        );
+        offered.insert(
+            hf,
+            Offered {
+                tensor,
+                file: file.path().to_path_buf(),
+                file_name: info.name.clone(),
+            },
+        );
+    }
+    let (tensors, mut not_needed) = resolve(manifest, offered, file.path(), &|hf| {
+        gguf_name(architecture, hf)
+    })?;
+    unused.append(&mut not_needed);
+    Ok(CheckpointTensors {
+        tensors,
+        rope_factors,
+        unused,
+    })
 }
 
 /// Undoes llama.cpp's interleaving of the two rotary halves of each head's rows:
@@ -235,101 +433,6 @@ pub fn unpermute_rows(values: &[f32], rows: usize, heads: usize) -> Vec<f32> {
     out
 }
 
-/// The tensors of a GGUF file, ready for [`crate::hf::weights::apply_tensors`].
-pub struct CheckpointTensors {
-    /// f32 tensors named by module path in PyTorch layout, dequantised when applied.
-    pub tensors: Vec<PackTensor>,
-    /// Per-frequency RoPE divisors of a `rope_freqs.weight` tensor (LLaMA 3.1 files).
-    pub rope_factors: Option<Vec<f64>>,
-    /// GGUF tensors the architecture does not use.
-    pub unused: Vec<String>,
-}
-
-/// Maps the tensors of a GGUF file onto `manifest` (checking presence, type and shape) as f32
-/// checkpoint tensors with Hugging Face names in PyTorch layout, dequantised lazily.
-pub fn checkpoint_tensors(
-    file: &GgufFile,
-    manifest: &[TensorSpec],
-    config: &DecoderConfig,
-) -> Result<CheckpointTensors> {
-    let mut by_hf_name = std::collections::HashMap::new();
-    let mut unused = Vec::new();
-    let mut rope_factors = None;
-    for info in file.tensors() {
-        if info.name == "rope_freqs.weight" {
-            let values = dequantize_checked(file, info)?;
-            rope_factors = Some(values.iter().map(|&v| v as f64).collect());
-            continue;
-        }
-        match llama_name(&info.name, config) {
-            Some((hf, permute)) => {
-                by_hf_name.insert(hf, (info.clone(), permute));
-            }
-            None => unused.push(info.name.clone()),
-        }
-    }
-    let missing: Vec<String> = manifest
-        .iter()
-        .filter(|spec| !by_hf_name.contains_key(&spec.name))
-        .map(|spec| gguf_name_of(&spec.name))
-        .collect();
-    if !missing.is_empty() {
-        return Err(ModelError::MissingTensors {
-            path: file.path().to_path_buf(),
-            names: missing,
-        });
-    }
-    let bytes = file.shared_bytes();
-    let mut tensors = Vec::with_capacity(manifest.len());
-    for spec in manifest {
-        let (info, permute) = by_hf_name.remove(&spec.name).expect("checked above");
-        if let GgmlType::Unsupported(_, type_name) = info.ggml_type {
-            return Err(ModelError::UnsupportedDType {
-                path: file.path().to_path_buf(),
-                name: info.name.clone(),
-                dtype: format!(
-                    "{type_name} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K)"
-                ),
-            });
-        }
-        let shape = info.shape();
-        if shape != spec.shape {
-            return Err(ModelError::ShapeMismatch {
-                path: file.path().to_path_buf(),
-                name: info.name.clone(),
-                expected: spec.shape.clone(),
-                found: shape,
-            });
-        }
-        let bytes = Arc::clone(&bytes);
-        let name = spec.module_path().to_string();
-        let provider_shape = shape.clone();
-        tensors.push(bridge::deferred(
-            name,
-            burn::tensor::DType::F32,
-            shape.into(),
-            None,
-            move || {
-                let raw = &bytes[info.offset as usize..(info.offset + info.byte_len) as usize];
-                let values =
-                    dtype::dequantize(info.ggml_type, raw, info.num_elements() as usize)
-                        .map_err(|e| PackError::ValidationError(format!("{}: {e}", info.name)))?;
-                let values = match permute {
-                    Some(heads) => unpermute_rows(&values, provider_shape[0], heads),
-                    None => values,
-                };
-                Ok(TensorData::new(values, provider_shape.clone()))
-            },
-        ));
-    }
-    unused.extend(by_hf_name.into_values().map(|(info, _)| info.name));
-    Ok(CheckpointTensors {
-        tensors,
-        rope_factors,
-        unused,
-    })
-}
-
 fn dequantize_checked(file: &GgufFile, info: &TensorInfo) -> Result<Vec<f32>> {
     dtype::dequantize(
         info.ggml_type,
@@ -337,37 +440,6 @@ fn dequantize_checked(file: &GgufFile, info: &TensorInfo) -> Result<Vec<f32>> {
         info.num_elements() as usize,
     )
     .map_err(|e| corrupt(file, format!("tensor `{}`: {e}", info.name)))
-}
-
-/// The GGUF name of a LLaMA checkpoint tensor (for error messages).
-fn gguf_name_of(hf: &str) -> String {
-    let fixed = [
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-        ("lm_head.weight", "output.weight"),
-    ];
-    if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
-        return g.to_string();
-    }
-    let roles = [
-        ("input_layernorm", "attn_norm"),
-        ("post_attention_layernorm", "ffn_norm"),
-        ("self_attn.q_proj", "attn_q"),
-        ("self_attn.k_proj", "attn_k"),
-        ("self_attn.v_proj", "attn_v"),
-        ("self_attn.o_proj", "attn_output"),
-        ("mlp.gate_proj", "ffn_gate"),
-        ("mlp.up_proj", "ffn_up"),
-        ("mlp.down_proj", "ffn_down"),
-    ];
-    if let Some(rest) = hf.strip_prefix("model.layers.")
-        && let Some((layer, rest)) = rest.split_once('.')
-        && let Some((role, param)) = rest.rsplit_once('.')
-        && let Some((_, g)) = roles.iter().find(|(h, _)| *h == role)
-    {
-        return format!("blk.{layer}.{g}.{param}");
-    }
-    hf.to_string()
 }
 
 /// Applies a `rope_freqs.weight` tensor: llama.cpp stores LLaMA 3.1's scaled frequencies as

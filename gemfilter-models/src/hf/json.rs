@@ -70,6 +70,11 @@ impl JsonFile {
         &self.path
     }
 
+    /// Whether `field` is present at all (even as `null`).
+    pub fn has(&self, field: &str) -> bool {
+        self.value.get(field).is_some()
+    }
+
     /// The raw value of `field`, `None` when absent or null.
     pub fn get(&self, field: &str) -> Option<&Value> {
         self.value.get(field).filter(|v| !v.is_null())

@@ -13,6 +13,7 @@ use gemfilter_core::DecoderWeights;
 
 use super::json::JsonFile;
 use crate::arch::TensorSpec;
+use crate::checkpoint::{Offered, resolve};
 use crate::error::{ModelError, Result};
 
 /// Single-file checkpoint name.
@@ -64,8 +65,8 @@ pub fn weight_files(folder: &Path) -> Result<Vec<PathBuf>> {
     })
 }
 
-/// Reads every tensor descriptor of `files` (data stays on disk until applied).
-fn read_descriptors(files: &[PathBuf]) -> Result<BTreeMap<String, (PackTensor, PathBuf)>> {
+/// Every tensor descriptor of `files` (data stays on disk until applied).
+fn read_descriptors(files: &[PathBuf]) -> Result<BTreeMap<String, Offered>> {
     let mut all = BTreeMap::new();
     for file in files {
         let mut store = SafetensorsStore::from_file(file.clone());
@@ -76,7 +77,14 @@ fn read_descriptors(files: &[PathBuf]) -> Result<BTreeMap<String, (PackTensor, P
                 message: e.to_string(),
             })?;
         for (name, tensor) in tensors {
-            all.insert(name.clone(), (tensor.clone(), file.clone()));
+            all.insert(
+                name.clone(),
+                Offered {
+                    tensor: tensor.clone(),
+                    file: file.clone(),
+                    file_name: name.clone(),
+                },
+            );
         }
     }
     Ok(all)
@@ -90,47 +98,9 @@ pub fn read_checkpoint(
     manifest: &[TensorSpec],
 ) -> Result<(Vec<PackTensor>, LoadReport)> {
     let files = weight_files(folder)?;
-    let mut available = read_descriptors(&files)?;
-
-    let missing: Vec<String> = manifest
-        .iter()
-        .filter(|spec| !available.contains_key(&spec.name))
-        .map(|spec| spec.name.clone())
-        .collect();
-    if !missing.is_empty() {
-        return Err(ModelError::MissingTensors {
-            path: folder.to_path_buf(),
-            names: missing,
-        });
-    }
-
-    let mut tensors = Vec::with_capacity(manifest.len());
-    for spec in manifest {
-        let (mut tensor, file) = available.remove(&spec.name).expect("checked above");
-        if !matches!(tensor.dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(ModelError::UnsupportedDType {
-                path: file,
-                name: spec.name.clone(),
-                dtype: format!("{:?}", tensor.dtype),
-            });
-        }
-        let found: Vec<usize> = tensor.shape.iter().copied().collect();
-        if found != spec.shape {
-            return Err(ModelError::ShapeMismatch {
-                path: file,
-                name: spec.name.clone(),
-                expected: spec.shape.clone(),
-                found,
-            });
-        }
-        tensor.name = spec.module_path().to_string();
-        tensors.push(tensor);
-    }
-    let report = LoadReport {
-        files,
-        unused: available.into_keys().collect(),
-    };
-    Ok((tensors, report))
+    let offered = read_descriptors(&files)?;
+    let (tensors, unused) = resolve(manifest, offered, folder, &|name| name.to_string())?;
+    Ok((tensors, LoadReport { files, unused }))
 }
 
 /// Applies PyTorch-layout tensors named by module path to `weights`, cast to `dtype`, and turns

@@ -1,0 +1,118 @@
+//! Matching the tensors a file holds with the tensors an architecture needs, for every format:
+//! presence, element type and shape are checked (errors name the tensor as the file names it),
+//! fused tensors are split, and nothing is read from disk until the weights are applied.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, TensorData};
+use burn_store::bridge;
+use burn_store::burn_pack::Error as PackError;
+use burn_store::burn_pack::Tensor as PackTensor;
+
+use crate::arch::TensorSpec;
+use crate::error::{ModelError, Result};
+
+/// A tensor a file offers, under its Hugging Face-style name.
+#[derive(Debug, Clone)]
+pub struct Offered {
+    /// The tensor (data read or dequantised lazily).
+    pub tensor: PackTensor,
+    /// The file holding it.
+    pub file: PathBuf,
+    /// Its name in that file (a GGUF name for GGUF files), for error messages.
+    pub file_name: String,
+}
+
+/// The parameters of `manifest` built from `offered`, named by module path, and the offered
+/// tensors nothing used (by their file names).
+///
+/// `file_name_of` turns a Hugging Face-style name into the file's own naming, for reporting
+/// tensors that are missing.
+pub fn resolve(
+    manifest: &[TensorSpec],
+    offered: BTreeMap<String, Offered>,
+    origin: &Path,
+    file_name_of: &dyn Fn(&str) -> String,
+) -> Result<(Vec<PackTensor>, Vec<String>)> {
+    let mut missing: Vec<String> = Vec::new();
+    for spec in manifest {
+        let source = spec.source_name();
+        if !offered.contains_key(source) {
+            let name = file_name_of(source);
+            if !missing.contains(&name) {
+                missing.push(name);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(ModelError::MissingTensors {
+            path: origin.to_path_buf(),
+            names: missing,
+        });
+    }
+    let mut used = BTreeSet::new();
+    let mut tensors = Vec::with_capacity(manifest.len());
+    for spec in manifest {
+        let source = &offered[spec.source_name()];
+        used.insert(spec.source_name().to_string());
+        if !matches!(source.tensor.dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(ModelError::UnsupportedDType {
+                path: source.file.clone(),
+                name: source.file_name.clone(),
+                dtype: format!("{:?}", source.tensor.dtype),
+            });
+        }
+        let found: Vec<usize> = source.tensor.shape.iter().copied().collect();
+        if found != spec.source_shape() {
+            return Err(ModelError::ShapeMismatch {
+                path: source.file.clone(),
+                name: source.file_name.clone(),
+                expected: spec.source_shape().to_vec(),
+                found,
+            });
+        }
+        let name = spec.module_path().to_string();
+        tensors.push(match &spec.fused {
+            None => {
+                let mut tensor = source.tensor.clone();
+                tensor.name = name;
+                tensor
+            }
+            Some(fused) => slice_rows(&source.tensor, fused.rows.clone(), name),
+        });
+    }
+    let unused = offered
+        .into_iter()
+        .filter(|(name, _)| !used.contains(name))
+        .map(|(_, o)| o.file_name)
+        .collect();
+    Ok((tensors, unused))
+}
+
+/// Rows `rows` of a row-major tensor, produced from its bytes when drawn.
+fn slice_rows(tensor: &PackTensor, rows: std::ops::Range<usize>, name: String) -> PackTensor {
+    let source = tensor.clone();
+    let dtype = source.dtype;
+    let row_len: usize = source.shape.iter().skip(1).product();
+    let mut shape: Vec<usize> = source.shape.iter().copied().collect();
+    shape[0] = rows.len();
+    let element = dtype.size();
+    let provider_shape = shape.clone();
+    bridge::deferred(name, dtype, shape.into(), None, move || {
+        let bytes = source.to_bytes()?;
+        let (start, end) = (rows.start * row_len * element, rows.end * row_len * element);
+        if end > bytes.len() {
+            return Err(PackError::ValidationError(format!(
+                "rows {rows:?} are outside the {} bytes of `{}`",
+                bytes.len(),
+                source.name
+            )));
+        }
+        Ok(TensorData::from_bytes_vec(
+            bytes[start..end].to_vec(),
+            provider_shape.clone(),
+            dtype,
+        ))
+    })
+}
