@@ -30,6 +30,8 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// The needle-in-a-haystack test over context lengths × depths; JSON report and heatmap.
     Needle(commands::needle::NeedleArgs),
+    /// Markdown table and heatmap from a needle.json.
+    Report(commands::report::ReportArgs),
     /// Time to first token, decode speed and peak memory of full attention and GemFilter.
     Bench(commands::bench::BenchArgs),
     /// Find the filter layer from one probe pass per prompt; saves it for this model.
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Needle(args) => commands::needle::run(args),
         Command::Calibrate(args) => commands::calibrate::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Report(args) => commands::report::run(args),
         Command::FetchDemoModel(args) => commands::fetch::run(args),
     };
     match result {

@@ -7,6 +7,7 @@ pub mod fetch;
 pub mod generate;
 pub mod inspect;
 pub mod needle;
+pub mod report;
 
 use std::path::Path;
 

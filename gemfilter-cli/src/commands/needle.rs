@@ -9,14 +9,14 @@ use clap::{Args, ValueEnum};
 use gemfilter_core::Sampling;
 use gemfilter_models::needle::{Haystack, Needle, NeedlePrompt, answer_is_correct, build_prompt};
 use gemfilter_models::{Answer, Mode, Model, Request};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{load_model_or_demo, select_device};
 use crate::backend::Backend;
 use crate::{heatmap, memory, progress};
 
 /// Attention used for a cell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// Standard attention over the whole prompt.
@@ -136,7 +136,7 @@ pub struct NeedleArgs {
 }
 
 /// One grid cell's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cell {
     /// Method.
     pub method: Method,
@@ -165,7 +165,7 @@ pub struct Cell {
 }
 
 /// Per method and length: means over depths.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     /// Method.
     pub method: Method,
