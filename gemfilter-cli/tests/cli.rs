@@ -401,6 +401,22 @@ fn needle_grid_writes_report_and_heatmap() {
         stdout.contains("gemfilter") && stdout.contains("accuracy"),
         "{stdout}"
     );
+
+    // `report` rebuilds the table and the heatmap from the JSON alone.
+    let again = out_dir.path().join("again");
+    let json = out_dir.path().join("needle.json");
+    let out = gemfilter(&["report", json.to_str().unwrap(), "--output", again.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let md = std::fs::read_to_string(again.join("needle.md")).unwrap();
+    let rows = md
+        .lines()
+        .filter(|l| l.starts_with("| full |") || l.starts_with("| gemfilter |"))
+        .count();
+    assert_eq!(rows, 4, "{md}");
+    assert!(md.contains("| full | 150 | – |"), "{md}");
+    assert!(again.join("needle.svg").is_file());
+    let out = gemfilter(&["report", "/no/such/needle.json"]);
+    assert_user_error(&out, "cannot read /no/such/needle.json");
 }
 
 #[test]
