@@ -22,10 +22,10 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 4000)]
     pub tokens: usize,
     /// Needle depth in [0, 1].
-    #[arg(long, default_value_t = 0.4)]
+    #[arg(long, default_value_t = 0.5)]
     pub depth: f64,
-    /// Tokens kept by GemFilter.
-    #[arg(long, default_value_t = 256)]
+    /// Tokens kept by GemFilter (the paper's k).
+    #[arg(long, default_value_t = 1024)]
     pub top_k: usize,
     /// 0-based filter layer (default: calibrated, known or fallback).
     #[arg(long)]
