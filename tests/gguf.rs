@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use gemfilter_models::gguf::{GgmlType, GgufFile, dtype, tokenizer_from_gguf};
 use gemfilter_models::{Model, ModelError, ModelFormat};
-use gemfilter_tests::{Device, fixture_dir, max_abs_diff, on_every_backend};
+use gemfilter_tests::{Device, fixture_dir, last_logits, max_abs_diff, on_every_backend};
 use serde::Deserialize;
 
 fn gguf_dir() -> PathBuf {
@@ -106,14 +106,7 @@ fn gguf_models_match_transformers(device: &Device) {
         let model = Model::load(gguf_dir().join(name), device).unwrap();
         assert_eq!(model.info().format, ModelFormat::Gguf);
         let ids = expected.prompt_ids.as_ref().unwrap();
-        let logits: Vec<f32> = model
-            .decoder()
-            .last_logits(ids)
-            .unwrap()
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap();
+        let logits = last_logits(&model, ids);
         let error = max_abs_diff(&logits, expected.last_logits.as_ref().unwrap());
         println!("{name} on {device:?}: max |logit error| vs transformers = {error:.3e}");
         assert!(error <= 1e-4, "{name}: logits differ by {error}");
@@ -129,22 +122,8 @@ fn gguf_and_folder_agree(device: &Device) {
         gguf.decoder().config().num_layers
     );
     let ids = gemfilter_tests::reference("llama-tied").prompt_ids;
-    let a: Vec<f32> = folder
-        .decoder()
-        .last_logits(&ids)
-        .unwrap()
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap();
-    let b: Vec<f32> = gguf
-        .decoder()
-        .last_logits(&ids)
-        .unwrap()
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap();
+    let a = last_logits(&folder, &ids);
+    let b = last_logits(&gguf, &ids);
     // The folder stores f16 weights, the GGUF their f32 values: identical numbers.
     assert!(max_abs_diff(&a, &b) < 1e-5, "{}", max_abs_diff(&a, &b));
     assert!(gguf.chat_template().is_some());
@@ -200,16 +179,7 @@ fn phi3_gguf_matches_its_folder(device: &Device) {
     assert_eq!(a, b);
     let r = gemfilter_tests::reference("phi3-longrope");
     for ids in [&r.prompt_ids, &r.short_prompt.as_ref().unwrap().ids] {
-        let logits = |m: &Model| -> Vec<f32> {
-            m.decoder()
-                .last_logits(ids)
-                .unwrap()
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .unwrap()
-        };
-        let error = max_abs_diff(&logits(&folder), &logits(&gguf));
+        let error = max_abs_diff(&last_logits(&folder, ids), &last_logits(&gguf, ids));
         assert!(error < 1e-5, "phi3 GGUF vs folder: {error}");
     }
 }

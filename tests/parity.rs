@@ -4,7 +4,9 @@
 
 use gemfilter_core::{GemFilterSelector, GenerationConfig, Method, generate, select_tokens};
 use gemfilter_models::{ChatMessage, Model};
-use gemfilter_tests::{Device, fixture_dir, max_abs_diff, on_every_backend, reference};
+use gemfilter_tests::{
+    Device, fixture_dir, last_logits, max_abs_diff, on_every_backend, reference,
+};
 
 /// Logits must match transformers' f32 eager forward within this absolute error.
 const LOGIT_TOLERANCE: f32 = 1e-4;
@@ -29,14 +31,7 @@ fn check_fixture(name: &str, device: &Device) {
     );
 
     // Logits of the last position.
-    let logits: Vec<f32> = model
-        .decoder()
-        .last_logits(&ids)
-        .unwrap()
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap();
+    let logits = last_logits(&model, &ids);
     let logit_error = max_abs_diff(&logits, &reference.last_logits);
     println!("{name} on {backend}: max |logit error| = {logit_error:.3e}");
     assert!(
@@ -131,17 +126,6 @@ fn mistral_window(device: &Device) {
 
 fn phi3_longrope(device: &Device) {
     check_fixture("phi3-longrope", device);
-}
-
-fn last_logits(model: &Model, ids: &[u32]) -> Vec<f32> {
-    model
-        .decoder()
-        .last_logits(ids)
-        .unwrap()
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap()
 }
 
 /// The window matters: without it the logits move by what transformers measured.

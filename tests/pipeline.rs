@@ -6,14 +6,9 @@ use gemfilter_core::{
     Sampling, Selection, TokenSelector, generate, select_tokens,
 };
 use gemfilter_models::{GAP_MARKER, Model, Request};
-use gemfilter_tests::{Device, fixture_dir, max_abs_diff, on_every_backend, reference};
-
-fn to_vec(t: gemfilter_core::burn::tensor::Tensor<1>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap()
-}
+use gemfilter_tests::{
+    Device, fixture_dir, host_values, max_abs_diff, on_every_backend, reference,
+};
 
 fn load(name: &str, device: &Device) -> Model {
     Model::load(fixture_dir(name), device).expect("fixture loads")
@@ -23,11 +18,11 @@ fn load(name: &str, device: &Device) -> Model {
 fn blocked_attention_matches_unblocked(device: &Device) {
     let mut model = load("llama3-rope", device);
     let ids = reference("llama3-rope").prompt_ids;
-    let whole = to_vec(model.decoder().last_logits(&ids).unwrap());
+    let whole = host_values(model.decoder().last_logits(&ids).unwrap());
     // 4 heads × 164 keys per row: 700 scores per block forces one query row per block.
     model.decoder_mut().set_fused_attention(false);
     model.decoder_mut().set_max_scores_per_block(700);
-    let blocked = to_vec(model.decoder().last_logits(&ids).unwrap());
+    let blocked = host_values(model.decoder().last_logits(&ids).unwrap());
     let error = max_abs_diff(&whole, &blocked);
     assert!(error < 1e-4, "blocked attention differs by {error}");
 }
@@ -40,16 +35,16 @@ fn cached_decoding_matches_recomputation(device: &Device) {
     let decoder = model.decoder();
     let split = ids.len() - 4;
     let mut cache = decoder.new_cache(ids.len());
-    let mut logits = to_vec(decoder.prefill(&ids[..split], &mut cache).unwrap());
+    let mut logits = host_values(decoder.prefill(&ids[..split], &mut cache).unwrap());
     for end in split..=ids.len() {
-        let fresh = to_vec(decoder.last_logits(&ids[..end]).unwrap());
+        let fresh = host_values(decoder.last_logits(&ids[..end]).unwrap());
         let error = max_abs_diff(&logits, &fresh);
         assert!(
             error < 1e-4,
             "cached logits at length {end} differ by {error}"
         );
         if end < ids.len() {
-            logits = to_vec(decoder.decode_step(ids[end], &mut cache).unwrap());
+            logits = host_values(decoder.decode_step(ids[end], &mut cache).unwrap());
         }
     }
     assert_eq!(cache.len(), ids.len());

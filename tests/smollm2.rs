@@ -7,7 +7,7 @@ use gemfilter_core::{
     GemFilterSelector, GenerationConfig, LayerObserver, Method, Probe, TokenSelector, generate,
 };
 use gemfilter_models::Model;
-use gemfilter_tests::{Device, fixture_dir, on_every_backend, smollm2_path};
+use gemfilter_tests::{Device, fixture_dir, last_logits, on_every_backend, smollm2_path};
 use serde::Deserialize;
 
 const LOGIT_TOLERANCE: f32 = 1e-3;
@@ -53,14 +53,7 @@ fn prompts_match_transformers(device: &Device) {
     for p in &reference.prompts {
         let ids = model.prompt_ids(&p.text, p.chat).unwrap();
         assert_eq!(ids, p.ids, "prompt ids of {:?}", p.text);
-        let logits: Vec<f32> = model
-            .decoder()
-            .last_logits(&ids)
-            .unwrap()
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap();
+        let logits = last_logits(&model, &ids);
         let error = p
             .top20_ids
             .iter()

@@ -405,8 +405,17 @@ fn needle_grid_writes_report_and_heatmap() {
     // `report` rebuilds the table and the heatmap from the JSON alone.
     let again = out_dir.path().join("again");
     let json = out_dir.path().join("needle.json");
-    let out = gemfilter(&["report", json.to_str().unwrap(), "--output", again.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = gemfilter(&[
+        "report",
+        json.to_str().unwrap(),
+        "--output",
+        again.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let md = std::fs::read_to_string(again.join("needle.md")).unwrap();
     let rows = md
         .lines()

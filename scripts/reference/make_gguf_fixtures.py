@@ -106,12 +106,8 @@ def tokenizer_metadata(writer: GGUFWriter, folder: Path, pre: str, add_bos: bool
     writer.add_chat_template(config["chat_template"])
 
 
-def write_model(name: str, pre: str, add_bos: bool, types: dict) -> Path:
-    folder = FIXTURES / name
-    config = json.loads((folder / "config.json").read_text())
-    weights = {k: v.astype(np.float32) for k, v in load_file(str(folder / "model.safetensors")).items()}
-    path = OUT / f"{name}.gguf"
-    writer = GGUFWriter(str(path), "llama")
+def shape_metadata(writer: GGUFWriter, name: str, config: dict) -> int:
+    """The shape keys every architecture writes; returns the head width."""
     writer.add_name(name)
     writer.add_block_count(config["num_hidden_layers"])
     writer.add_context_length(config["max_position_embeddings"])
@@ -122,7 +118,16 @@ def write_model(name: str, pre: str, add_bos: bool, types: dict) -> Path:
     writer.add_rope_freq_base(config["rope_theta"])
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_vocab_size(config["vocab_size"])
-    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    return config["hidden_size"] // config["num_attention_heads"]
+
+
+def write_model(name: str, pre: str, add_bos: bool, types: dict) -> Path:
+    folder = FIXTURES / name
+    config = json.loads((folder / "config.json").read_text())
+    weights = {k: v.astype(np.float32) for k, v in load_file(str(folder / "model.safetensors")).items()}
+    path = OUT / f"{name}.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    head_dim = shape_metadata(writer, name, config)
     writer.add_rope_dimension_count(head_dim)
     scaling = config.get("rope_scaling")
     if scaling:
@@ -171,17 +176,7 @@ def write_phi3(name: str) -> Path:
     weights = {k: v.astype(np.float32) for k, v in load_file(str(folder / "model.safetensors")).items()}
     path = OUT / f"{name}.gguf"
     writer = GGUFWriter(str(path), "phi3")
-    writer.add_name(name)
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_context_length(config["max_position_embeddings"])
-    writer.add_embedding_length(config["hidden_size"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(config["num_attention_heads"])
-    writer.add_head_count_kv(config["num_key_value_heads"])
-    writer.add_rope_freq_base(config["rope_theta"])
-    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    writer.add_vocab_size(config["vocab_size"])
-    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    head_dim = shape_metadata(writer, name, config)
     writer.add_rope_dimension_count(int(head_dim * config.get("partial_rotary_factor", 1.0)))
     original = config["original_max_position_embeddings"]
     writer.add_rope_scaling_orig_ctx_len(original)

@@ -83,6 +83,20 @@ pub fn reference(name: &str) -> Reference {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A rank-1 tensor's values on the host.
+pub fn host_values(tensor: gemfilter_models::burn::tensor::Tensor<1>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 values")
+}
+
+/// Last-position logits of `ids` under `model`.
+pub fn last_logits(model: &gemfilter_models::Model, ids: &[u32]) -> Vec<f32> {
+    host_values(model.decoder().last_logits(ids).expect("forward runs"))
+}
+
 /// Largest absolute element-wise difference.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");

@@ -107,13 +107,9 @@ pub fn llama_like_config(config: &JsonFile, defaults: &FamilyDefaults) -> Result
     Ok(decoder)
 }
 
-/// Every tensor a LLaMA checkpoint must hold, with its shape in PyTorch layout
-/// (`[out, in]` for projections). Names are the Hugging Face ones.
-pub fn tensor_manifest(config: &DecoderConfig) -> Vec<TensorSpec> {
+/// The tensors outside the layers: embedding, final norm and (untied) LM head.
+pub fn global_tensors(config: &DecoderConfig) -> Vec<TensorSpec> {
     let d = config.hidden_size;
-    let q = config.num_heads * config.head_dim;
-    let kv = config.num_kv_heads * config.head_dim;
-    let ffn = config.intermediate_size;
     let mut specs = vec![
         TensorSpec::new("model.embed_tokens.weight", [config.vocab_size, d]),
         TensorSpec::new("model.norm.weight", [d]),
@@ -121,6 +117,17 @@ pub fn tensor_manifest(config: &DecoderConfig) -> Vec<TensorSpec> {
     if !config.tie_word_embeddings {
         specs.push(TensorSpec::new("lm_head.weight", [config.vocab_size, d]));
     }
+    specs
+}
+
+/// Every tensor a LLaMA checkpoint must hold, with its shape in PyTorch layout
+/// (`[out, in]` for projections). Names are the Hugging Face ones.
+pub fn tensor_manifest(config: &DecoderConfig) -> Vec<TensorSpec> {
+    let d = config.hidden_size;
+    let q = config.num_heads * config.head_dim;
+    let kv = config.num_kv_heads * config.head_dim;
+    let ffn = config.intermediate_size;
+    let mut specs = global_tensors(config);
     for i in 0..config.num_layers {
         let p = |name: &str| format!("model.layers.{i}.{name}");
         specs.extend([

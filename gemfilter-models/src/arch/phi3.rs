@@ -6,7 +6,7 @@
 use gemfilter_core::DecoderConfig;
 
 use super::TensorSpec;
-use super::llama::{FamilyDefaults, llama_like_config};
+use super::llama::{FamilyDefaults, global_tensors, llama_like_config};
 use crate::error::Result;
 use crate::hf::json::JsonFile;
 
@@ -34,13 +34,7 @@ pub fn tensor_manifest(config: &DecoderConfig) -> Vec<TensorSpec> {
     let q = config.num_heads * config.head_dim;
     let kv = config.num_kv_heads * config.head_dim;
     let ffn = config.intermediate_size;
-    let mut specs = vec![
-        TensorSpec::new("model.embed_tokens.weight", [config.vocab_size, d]),
-        TensorSpec::new("model.norm.weight", [d]),
-    ];
-    if !config.tie_word_embeddings {
-        specs.push(TensorSpec::new("lm_head.weight", [config.vocab_size, d]));
-    }
+    let mut specs = global_tensors(config);
     for i in 0..config.num_layers {
         let p = |name: &str| format!("model.layers.{i}.{name}");
         let qkv = p("self_attn.qkv_proj.weight");

@@ -189,16 +189,22 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// Scale and offset `(d·sc, dmin·m)` of the two sub-blocks of 32 elements in `chunk` (of 64)
+/// of a Q4_K / Q5_K super-block.
+fn k_quant_pair(d: f32, dmin: f32, scales: &[u8], chunk: usize) -> [(f32, f32); 2] {
+    [2 * chunk, 2 * chunk + 1].map(|j| {
+        let (sc, m) = scale_min_k4(j, scales);
+        (d * sc as f32, dmin * m as f32)
+    })
+}
+
 /// `d f16 | dmin f16 | scales[12] | qs[128]`: 8 sub-blocks of 32, x = d·sc·q − dmin·m.
 fn q4_k(b: &[u8], out: &mut Vec<f32>) {
     let (d, dmin) = (half(b, 0), half(b, 2));
     let scales = &b[4..16];
     let qs = &b[16..144];
     for (chunk, q) in qs.chunks_exact(32).enumerate() {
-        let (sc1, m1) = scale_min_k4(2 * chunk, scales);
-        let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
-        let (d1, min1) = (d * sc1 as f32, dmin * m1 as f32);
-        let (d2, min2) = (d * sc2 as f32, dmin * m2 as f32);
+        let [(d1, min1), (d2, min2)] = k_quant_pair(d, dmin, scales, chunk);
         out.extend(q.iter().map(|&v| d1 * (v & 0x0F) as f32 - min1));
         out.extend(q.iter().map(|&v| d2 * (v >> 4) as f32 - min2));
     }
@@ -211,10 +217,7 @@ fn q5_k(b: &[u8], out: &mut Vec<f32>) {
     let qh = &b[16..48];
     let qs = &b[48..176];
     for (chunk, ql) in qs.chunks_exact(32).enumerate() {
-        let (sc1, m1) = scale_min_k4(2 * chunk, scales);
-        let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
-        let (d1, min1) = (d * sc1 as f32, dmin * m1 as f32);
-        let (d2, min2) = (d * sc2 as f32, dmin * m2 as f32);
+        let [(d1, min1), (d2, min2)] = k_quant_pair(d, dmin, scales, chunk);
         let (u1, u2) = (1u8 << (2 * chunk), 2u8 << (2 * chunk));
         out.extend(
             ql.iter()
