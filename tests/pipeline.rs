@@ -2,8 +2,9 @@
 //! equivalences, early exit, selector contract, stopping, sampling, parameter errors.
 
 use gemfilter_core::{
-    CoreError, FinishReason, GemFilterSelector, GenerationConfig, LayerObserver, Method, Probe,
-    Sampling, Selection, TokenSelector, generate, select_tokens,
+    CoreError, FinishReason, GemFilterSelector, GenerationConfig, HeadNormalization, LayerObserver,
+    LayerVoteSelector, Method, Probe, QuestionWindowSelector, Sampling, Selection, SpanRule,
+    SpanSelector, TokenSelector, VoteRule, generate, select_tokens,
 };
 use gemfilter_models::{GAP_MARKER, Model, Request};
 use gemfilter_tests::{
@@ -267,7 +268,91 @@ fn bad_parameters_are_errors(device: &Device) {
     assert!(err.to_string().contains("temperature"), "{err}");
 }
 
+/// The opt-in selectors run through the real pipeline: one query summed is the paper's rule,
+/// voting layers come from one pass and may not exceed the filter layer, spans fill the budget,
+/// and a selection made beforehand answers exactly as GemFilter does.
+fn composed_selectors_run_through_the_pipeline(device: &Device) {
+    let model = load("llama-gqa", device);
+    let reference = reference("llama-gqa");
+    let ids = reference.prompt_ids;
+    let gem = reference.gemfilter;
+    let decoder = model.decoder();
+    let paper = select_tokens(
+        decoder,
+        &ids,
+        gem.filter_layer,
+        gem.top_k,
+        &GemFilterSelector::default(),
+    )
+    .unwrap();
+
+    let one_query = QuestionWindowSelector::new(1, HeadNormalization::Sum);
+    let same = select_tokens(decoder, &ids, gem.filter_layer, gem.top_k, &one_query).unwrap();
+    assert_eq!(same.positions, paper.positions);
+    assert_eq!(same.positions, gem.positions);
+
+    for norm in [
+        HeadNormalization::Sum,
+        HeadNormalization::Softmax,
+        HeadNormalization::MaxOverHeads,
+    ] {
+        let window = QuestionWindowSelector::new(8, norm);
+        let selection = select_tokens(decoder, &ids, gem.filter_layer, gem.top_k, &window).unwrap();
+        assert_eq!(selection.positions.len(), gem.top_k);
+    }
+
+    // Voting over layers 0..=r from one pass equals scoring each layer's probe separately.
+    let layers: Vec<usize> = (0..=gem.filter_layer).collect();
+    let vote = LayerVoteSelector::new(
+        layers.clone(),
+        VoteRule::RankSum,
+        GemFilterSelector::default(),
+    );
+    let voted = select_tokens(decoder, &ids, gem.filter_layer, gem.top_k, &vote).unwrap();
+    let separate: Vec<_> = layers
+        .iter()
+        .map(|&l| decoder.probe(&ids, l, 1).unwrap())
+        .collect();
+    let expected = vote.select_layers(&separate, gem.top_k).unwrap();
+    assert_eq!(voted.positions, expected.positions);
+    let error = max_abs_diff(&voted.scores, &expected.scores);
+    assert!(error < 1e-3, "vote scores differ by {error}");
+    let too_high = LayerVoteSelector::new(
+        vec![gem.filter_layer + 1],
+        VoteRule::RankSum,
+        GemFilterSelector::default(),
+    );
+    let refused = select_tokens(decoder, &ids, gem.filter_layer, gem.top_k, &too_high).unwrap_err();
+    assert!(
+        matches!(refused, CoreError::InvalidSelector { .. }),
+        "{refused:?}"
+    );
+    assert!(
+        refused.to_string().contains("above the filter layer"),
+        "{refused}"
+    );
+
+    // Spans of radius 2 around the best positions fill the budget exactly.
+    let spans = SpanSelector::new(GemFilterSelector::default(), SpanRule::Radius(2));
+    let spanned = select_tokens(decoder, &ids, gem.filter_layer, gem.top_k, &spans).unwrap();
+    assert_eq!(spanned.positions.len(), gem.top_k);
+    assert_eq!(spanned.scores, paper.scores);
+
+    // A preselected answer is the GemFilter answer.
+    let config = GenerationConfig::greedy(6, Vec::new());
+    let method = Method::GemFilter {
+        filter_layer: gem.filter_layer,
+        top_k: gem.top_k,
+        selector: &GemFilterSelector::default(),
+    };
+    let direct = generate(decoder, &ids, method, &config).unwrap();
+    let again = generate(decoder, &ids, Method::Preselected(&paper), &config).unwrap();
+    assert_eq!(direct.tokens, again.tokens);
+    assert_eq!(again.selection.unwrap().positions, paper.positions);
+}
+
 on_every_backend!(
+    composed_selectors_run_through_the_pipeline,
     blocked_attention_matches_unblocked,
     cached_decoding_matches_recomputation,
     early_exit_probe_matches_observed_layer,

@@ -6,7 +6,7 @@ use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::commands::needle::{Cell, Method};
+use crate::commands::needle::{Cell, Method, Variant};
 
 /// What a panel colours by.
 #[derive(Debug, Clone, Copy)]
@@ -39,20 +39,20 @@ fn score_colour(score: f64) -> RGBColor {
     RGBColor((230.0 * (1.0 - s)) as u8 + 20, (190.0 * s) as u8 + 40, 60)
 }
 
-/// Writes one panel per method (answer correctness) plus one per selecting method (needle
-/// recall) into an SVG.
+/// Writes one panel per method and selector (answer correctness) plus one per selecting
+/// variant (needle recall) into an SVG.
 pub fn needle_heatmaps(
     path: &Path,
     cells: &[Cell],
-    methods: &[Method],
+    variants: &[Variant],
     lengths: &[usize],
     depths: &[f64],
 ) -> Result<()> {
-    let mut panels: Vec<(Method, Score)> = Vec::new();
-    for &method in methods {
-        panels.push((method, Score::Correct));
-        if method == Method::Gemfilter {
-            panels.push((method, Score::Recall));
+    let mut panels: Vec<(&Variant, Score)> = Vec::new();
+    for variant in variants {
+        panels.push((variant, Score::Correct));
+        if variant.method == Method::Gemfilter {
+            panels.push((variant, Score::Recall));
         }
     }
     let width = 360 * panels.len() as u32;
@@ -60,8 +60,8 @@ pub fn needle_heatmaps(
     let err = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let areas = root.split_evenly((1, panels.len().max(1)));
-    for (&(method, score), area) in panels.iter().zip(areas) {
-        let title = format!("{}: {}", method.name(), score.name());
+    for (&(variant, score), area) in panels.iter().zip(areas) {
+        let title = format!("{}: {}", variant.label(), score.name());
         // Rows top to bottom: depth 0% (start of the context) first, as in the paper's figure.
         let (columns, rows) = (lengths.len(), depths.len());
         let mut chart = ChartBuilder::on(&area)
@@ -98,7 +98,9 @@ pub fn needle_heatmaps(
                 let yi = rows - 1 - di;
                 let value = cells
                     .iter()
-                    .find(|c| c.method == method && c.target_tokens == length && c.depth == depth)
+                    .find(|c| {
+                        c.variant() == *variant && c.target_tokens == length && c.depth == depth
+                    })
                     .and_then(|c| score.of(c));
                 let colour = value.map_or(RGBColor(200, 200, 200), score_colour);
                 chart

@@ -591,3 +591,163 @@ fn needle_rejects_bad_grids() {
     ]);
     assert_user_error(&out, "cannot read haystack file /no/such/haystack.txt");
 }
+
+#[test]
+fn needle_compares_selectors_from_one_pass() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = gemfilter(&[
+        "needle",
+        "--model",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--lengths",
+        "200",
+        "--depths",
+        "0.3,0.7",
+        "--methods",
+        "gemfilter",
+        "--selector",
+        "gemfilter",
+        "--selector",
+        "window=8,norm=softmax,spans=sentence",
+        "--selector",
+        "vote=0+1+2,spans=radius:3",
+        "--top-k",
+        "24",
+        "--filter-layer",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--no-chat",
+        "--output",
+        out_dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.path().join("needle.json")).unwrap())
+            .unwrap();
+    let cells = report["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2 * 3);
+    let selectors: Vec<Option<&str>> = cells.iter().map(|c| c["selector"].as_str()).collect();
+    assert_eq!(
+        &selectors[..3],
+        &[
+            None,
+            Some("window=8,norm=softmax,spans=sentence"),
+            Some("vote=0+1+2,spans=radius:3")
+        ]
+    );
+    for cell in cells {
+        assert!((0.0..=1.0).contains(&cell["needle_recall"].as_f64().unwrap()));
+        assert!(cell["select_ms"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(report["summary"].as_array().unwrap().len(), 3);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("gemfilter[window=8,norm=softmax,spans=sentence]"),
+        "{stdout}"
+    );
+    // The report command reads the selectors back.
+    let md = gemfilter(&[
+        "report",
+        out_dir.path().join("needle.json").to_str().unwrap(),
+    ]);
+    assert!(
+        md.status.success(),
+        "{}",
+        String::from_utf8_lossy(&md.stderr)
+    );
+    let table = std::fs::read_to_string(out_dir.path().join("needle.md")).unwrap();
+    assert!(
+        table.contains("gemfilter[vote=0+1+2,spans=radius:3]"),
+        "{table}"
+    );
+}
+
+#[test]
+fn selector_mistakes_are_one_error_line() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let model = fixture("llama-gqa");
+    let model = model.to_str().unwrap();
+    let output = out_dir.path().to_str().unwrap();
+    let needle = |extra: &[&'static str]| {
+        let mut args = vec!["needle", "--lengths", "120", "--no-chat", "--output"];
+        args.push(output);
+        args.extend(["--model", model]);
+        args.extend(extra);
+        args
+    };
+    for (args, expected) in [
+        (
+            needle(&["--selector", "window=0"]),
+            "window must be at least 1",
+        ),
+        (
+            needle(&["--selector", "vote=1+3", "--filter-layer", "2"]),
+            "above the filter layer 2",
+        ),
+        (
+            vec!["calibrate", "--model", model, "--selector", "vote=0+1"],
+            "cannot be calibrated per layer",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                model,
+                "--prompt",
+                "hi",
+                "--selector",
+                "spans=page",
+            ],
+            "spans `page`",
+        ),
+    ] {
+        let out = gemfilter(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}
+
+#[test]
+fn calibrate_compares_selectors() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let path = out_dir.path().join("calibration.json");
+    let out = gemfilter(&[
+        "calibrate",
+        "--model",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--lengths",
+        "200",
+        "--depths",
+        "0.5",
+        "--top-k",
+        "24",
+        "--selector",
+        "window=4,spans=sentence",
+        "--selector",
+        "gemfilter",
+        "--no-chat",
+        "--output",
+        path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calibration: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(calibration["selector"], "window=4,spans=sentence");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("window=4,spans=sentence: recommended layer"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("gemfilter: recommended layer"), "{stdout}");
+}

@@ -27,7 +27,26 @@ pub struct DecoderWeights {
     pub lm_head: Option<Linear>,
 }
 
+/// Casts every float parameter to one dtype, lazily for parameters not yet initialised.
+struct CastFloats(DType);
+
+impl burn::module::ModuleMapper for CastFloats {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        let dtype = self.0;
+        param.init_mapper(move |tensor| tensor.cast(dtype))
+    }
+}
+
 impl DecoderWeights {
+    /// The same weights in `dtype` (f32, f16 or bf16). Uninitialised parameters stay lazy and
+    /// are cast when they materialise.
+    pub fn cast(self, dtype: DType) -> Self {
+        self.map(&mut CastFloats(dtype))
+    }
+
     /// Parameters shaped by `config`. They are initialised lazily: a loader replaces them
     /// before first use; untouched ones materialise with Burn's random initialisers (useful for
     /// benchmarks on random weights).
@@ -97,6 +116,14 @@ impl Decoder {
     pub fn new(config: DecoderConfig, device: &Device) -> Result<Self> {
         config.validate()?;
         let weights = DecoderWeights::new(&config, device);
+        Ok(Self::from_parts(config, weights, device))
+    }
+
+    /// A decoder with random weights (Burn's initialisers) in `dtype`, for benchmarks of model
+    /// shapes whose checkpoints are not at hand. Weights materialise on first use.
+    pub fn random(config: DecoderConfig, device: &Device, dtype: DType) -> Result<Self> {
+        config.validate()?;
+        let weights = DecoderWeights::new(&config, device).cast(dtype);
         Ok(Self::from_parts(config, weights, device))
     }
 
@@ -201,6 +228,43 @@ impl Decoder {
         let mut capture = Capture(None);
         self.observe(ids, layer, query_window, &mut capture)?;
         Ok(capture.0.expect("the stop layer is always observed"))
+    }
+
+    /// Probes of several `layers` (ascending, deduplicated) from one pass that stops at the
+    /// highest of them: every layer below it runs fully once, the highest as a probe only.
+    pub fn probe_layers(
+        &self,
+        ids: &[u32],
+        layers: &[usize],
+        query_window: usize,
+    ) -> Result<Vec<Probe>> {
+        struct Capture<'a> {
+            layers: &'a [usize],
+            probes: Vec<Probe>,
+        }
+        impl LayerObserver for Capture<'_> {
+            fn wants(&self, layer: usize) -> bool {
+                self.layers.contains(&layer)
+            }
+            fn observe(&mut self, probe: Probe) {
+                self.probes.push(probe);
+            }
+        }
+        let mut layers = layers.to_vec();
+        layers.sort_unstable();
+        layers.dedup();
+        let Some(&stop) = layers.last() else {
+            return Err(CoreError::InvalidParameter(
+                "no layer to probe: the selector asked for none".into(),
+            ));
+        };
+        let mut capture = Capture {
+            layers: &layers,
+            probes: Vec::with_capacity(layers.len()),
+        };
+        self.observe(ids, stop, query_window, &mut capture)?;
+        capture.probes.sort_by_key(|p| p.layer);
+        Ok(capture.probes)
     }
 
     /// Runs layers `0..stop_layer` fully and `stop_layer` as a probe only, handing `observer`

@@ -62,4 +62,12 @@ pub enum CoreError {
         /// What was wrong.
         reason: String,
     },
+    /// A token selector was configured with parameters it cannot work with.
+    #[error("token selector `{selector}` is misconfigured: {reason}")]
+    InvalidSelector {
+        /// Selector name.
+        selector: String,
+        /// What was wrong.
+        reason: String,
+    },
 }

@@ -42,6 +42,9 @@ pub enum Method<'a> {
         /// The selection rule.
         selector: &'a dyn TokenSelector,
     },
+    /// Answer from the positions of a selection made beforehand (e.g. several selectors scored
+    /// from one shared pass): the prompt is reduced to them and rerun, as GemFilter does.
+    Preselected(&'a Selection),
 }
 
 impl std::fmt::Debug for Method<'_> {
@@ -57,6 +60,10 @@ impl std::fmt::Debug for Method<'_> {
                 .field("filter_layer", filter_layer)
                 .field("top_k", top_k)
                 .field("selector", &selector.name())
+                .finish(),
+            Method::Preselected(selection) => f
+                .debug_tuple("Preselected")
+                .field(&selection.positions.len())
                 .finish(),
         }
     }
@@ -150,7 +157,9 @@ pub struct Generation {
     pub timings: PhaseTimings,
 }
 
-/// Runs the GemFilter selection pass only: probe at `filter_layer`, then `selector`.
+/// Runs the GemFilter selection pass only: one pass up to `filter_layer` (or up to the highest
+/// layer the selector reads, which may not exceed it) capturing the probes the selector asks for,
+/// then `selector`.
 pub fn select_tokens(
     decoder: &Decoder,
     prompt: &[u32],
@@ -161,8 +170,17 @@ pub fn select_tokens(
     if top_k == 0 {
         return Err(CoreError::ZeroTopK);
     }
-    let probe = decoder.probe(prompt, filter_layer, selector.query_window())?;
-    let selection = selector.select(&probe, top_k)?;
+    let layers = selector.layers(filter_layer);
+    if let Some(&above) = layers.iter().find(|&&l| l > filter_layer) {
+        return Err(CoreError::InvalidSelector {
+            selector: selector.name().to_string(),
+            reason: format!(
+                "it reads layer {above}, above the filter layer {filter_layer}: the selection pass stops there"
+            ),
+        });
+    }
+    let probes = decoder.probe_layers(prompt, &layers, selector.query_window())?;
+    let selection = selector.select_layers(&probes, top_k)?;
     selection.validate(selector.name(), prompt.len(), top_k)?;
     Ok(selection)
 }
@@ -201,6 +219,12 @@ pub fn generate(
             let selection = select_tokens(decoder, prompt, filter_layer, top_k, selector)?;
             let kept = selection.positions.iter().map(|&p| prompt[p]).collect();
             (kept, Some(selection))
+        }
+        Method::Preselected(selection) => {
+            let count = selection.positions.len();
+            selection.validate("preselected", prompt.len(), count)?;
+            let kept = selection.positions.iter().map(|&p| prompt[p]).collect();
+            (kept, Some(selection.clone()))
         }
     };
     timings.select = started.elapsed();

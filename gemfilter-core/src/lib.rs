@@ -34,7 +34,10 @@ pub use generate::{
 };
 pub use layers::selections_per_layer;
 pub use probe::{LayerObserver, Probe};
-pub use selector::{GemFilterSelector, Selection, TokenSelector};
+pub use selector::{
+    GemFilterSelector, HeadNormalization, LayerVoteSelector, QuestionWindowSelector, Selection,
+    SpanRule, SpanSelector, TokenSelector, VoteRule,
+};
 
 /// Re-export of the Burn version this crate is built on, so users name the same types.
 pub use burn;

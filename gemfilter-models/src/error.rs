@@ -112,6 +112,14 @@ pub enum ModelError {
     /// The chat template is missing, invalid or failed to render.
     #[error("chat template error: {0}")]
     ChatTemplate(String),
+    /// A selector spec (`--selector`) could not be understood.
+    #[error("invalid selector spec `{spec}`: {problem}")]
+    SelectorSpec {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The request was refused by the decoder.
     #[error(transparent)]
     Core(#[from] CoreError),

@@ -132,6 +132,13 @@ pub struct Calibration {
     pub depths: Vec<f64>,
     /// Mean recall per layer.
     pub per_layer: Vec<LayerRecall>,
+    /// Selector spec the recall was measured with (`gemfilter`: the paper's).
+    #[serde(default = "paper_selector")]
+    pub selector: String,
+}
+
+fn paper_selector() -> String {
+    "gemfilter".into()
 }
 
 impl Calibration {

@@ -26,6 +26,9 @@ pub mod gguf;
 pub mod hf;
 pub mod model;
 pub mod needle;
+pub mod segments;
+pub mod selector_spec;
+pub mod synthetic;
 
 pub use arch::{Architecture, TensorSpec};
 pub use error::{ModelError, Result};
@@ -38,6 +41,8 @@ pub use hf::tokenizer::TextTokenizer;
 pub use model::{
     Answer, GAP_MARKER, KeptSpan, LoadOptions, Mode, Model, ModelFormat, ModelInfo, Request,
 };
+pub use segments::{Segmentation, segment_starts};
+pub use selector_spec::{SelectorSpec, SpanSpec};
 
 pub use gemfilter_core;
 pub use gemfilter_core::burn;

@@ -354,6 +354,39 @@ impl Model {
                 )
             }
         };
+        self.answer(prompt_ids, method, request, filter_layer, top_k)
+    }
+
+    /// Answers from the positions of `selection`, made beforehand (for instance by several
+    /// selectors scored from one shared pass, see [`Decoder::probe_layers`]); `request.mode` is
+    /// ignored, `selection_layer` is reported as the filter layer.
+    ///
+    /// [`Decoder::probe_layers`]: gemfilter_core::Decoder::probe_layers
+    pub fn generate_preselected(
+        &self,
+        prompt_ids: &[u32],
+        selection: &gemfilter_core::Selection,
+        selection_layer: usize,
+        request: &Request<'_>,
+    ) -> Result<Answer> {
+        let top_k = selection.positions.len();
+        self.answer(
+            prompt_ids,
+            Method::Preselected(selection),
+            request,
+            Some(selection_layer),
+            Some(top_k),
+        )
+    }
+
+    fn answer(
+        &self,
+        prompt_ids: &[u32],
+        method: Method<'_>,
+        request: &Request<'_>,
+        filter_layer: Option<usize>,
+        top_k: Option<usize>,
+    ) -> Result<Answer> {
         let config = GenerationConfig {
             max_new_tokens: request.max_new_tokens,
             eos_token_ids: self.info.eos_token_ids.clone(),

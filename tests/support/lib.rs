@@ -106,15 +106,49 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Every backend this test build can run, with its name.
-// ndarray is deprecated by Burn in favour of flex; it is kept because users named it.
-#[allow(deprecated)]
+/// Every backend this test build runs (flex, ndarray, and wgpu / cuda when their features are
+/// on), with its name, narrowed by `GEMFILTER_TEST_BACKENDS`.
 pub fn backends() -> Vec<(&'static str, Device)> {
-    vec![("flex", Device::flex()), ("ndarray", Device::ndarray())]
+    #[allow(deprecated)] // Burn deprecates ndarray in favour of flex; users still ask for it.
+    #[allow(unused_mut)]
+    let mut all = vec![("flex", Device::flex()), ("ndarray", Device::ndarray())];
+    #[cfg(feature = "wgpu")]
+    all.push(("wgpu", wgpu_device()));
+    #[cfg(feature = "cuda")]
+    all.push(("cuda", cuda_device()));
+    all.into_iter()
+        .filter(|(name, _)| backend_wanted(name))
+        .collect()
 }
 
-/// Instantiates each listed test body (`fn(&Device)`) once per backend, as
-/// `flex::name`, `ndarray::name`, so every test runs on every backend without copies.
+/// Whether `GEMFILTER_TEST_BACKENDS` (comma-separated backend names, e.g. `flex,wgpu`) asks for
+/// `backend`; unset means every backend compiled in. A backend left out says so on stderr.
+pub fn backend_wanted(backend: &str) -> bool {
+    match std::env::var("GEMFILTER_TEST_BACKENDS") {
+        Ok(wanted) if !wanted.split(',').any(|b| b.trim() == backend) => {
+            eprintln!("{backend} left out by GEMFILTER_TEST_BACKENDS={wanted}");
+            false
+        }
+        _ => true,
+    }
+}
+
+/// The wgpu device (the `wgpu` feature, on by default). Without a GPU, wgpu runs on Mesa's
+/// lavapipe (`mesa-vulkan-drivers`).
+#[cfg(feature = "wgpu")]
+pub fn wgpu_device() -> Device {
+    Device::wgpu(Default::default())
+}
+
+/// The first CUDA device (the `cuda` feature; `scripts/gpu-check.sh`).
+#[cfg(feature = "cuda")]
+pub fn cuda_device() -> Device {
+    Device::cuda(0)
+}
+
+/// Instantiates each listed test body (`fn(&Device)`) once per backend compiled in, as
+/// `flex::name`, `ndarray::name`, `wgpu::name`, `cuda::name`, so every test runs on every
+/// backend without copies. `GEMFILTER_TEST_BACKENDS` narrows the set at run time.
 #[macro_export]
 macro_rules! on_every_backend {
     ($($body:ident),* $(,)?) => {
@@ -122,7 +156,9 @@ macro_rules! on_every_backend {
             $(
                 #[test]
                 fn $body() {
-                    super::$body(&$crate::Device::flex());
+                    if $crate::backend_wanted("flex") {
+                        super::$body(&$crate::Device::flex());
+                    }
                 }
             )*
         }
@@ -131,7 +167,31 @@ macro_rules! on_every_backend {
                 #[test]
                 #[allow(deprecated)] // Burn deprecates ndarray in favour of flex; users still ask for it.
                 fn $body() {
-                    super::$body(&$crate::Device::ndarray());
+                    if $crate::backend_wanted("ndarray") {
+                        super::$body(&$crate::Device::ndarray());
+                    }
+                }
+            )*
+        }
+        #[cfg(feature = "wgpu")]
+        mod wgpu {
+            $(
+                #[test]
+                fn $body() {
+                    if $crate::backend_wanted("wgpu") {
+                        super::$body(&$crate::wgpu_device());
+                    }
+                }
+            )*
+        }
+        #[cfg(feature = "cuda")]
+        mod cuda {
+            $(
+                #[test]
+                fn $body() {
+                    if $crate::backend_wanted("cuda") {
+                        super::$body(&$crate::cuda_device());
+                    }
                 }
             )*
         }

@@ -5,20 +5,25 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use gemfilter_core::Decoder;
 use gemfilter_core::{GemFilterSelector, GenerationConfig, Method, generate};
-use gemfilter_models::needle::{Haystack, Needle, build_prompt};
+use gemfilter_models::needle::{Haystack, Needle, SplitMix64, build_prompt};
+use gemfilter_models::{Architecture, Model, default_filter_layer, synthetic};
 use serde::Serialize;
 
-use super::{load_model_or_demo, select_device};
-use crate::backend::Backend;
+use super::{ComputeArgs, load_model_or_demo};
 use crate::memory;
 
 /// Arguments of `gemfilter bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Model folder or .gguf file (default: the demo model, fetched if absent).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "synthetic")]
     pub model: Option<PathBuf>,
+    /// Benchmark a published shape with random weights and random token ids instead of a model
+    /// file (`llama-3.1-8b`).
+    #[arg(long)]
+    pub synthetic: Option<String>,
     /// Prompt lengths in tokens, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1000usize, 2000, 4000, 8000])]
     pub lengths: Vec<usize>,
@@ -37,9 +42,8 @@ pub struct BenchArgs {
     /// Use the blocked attention with explicit masks instead of the backend's fused op.
     #[arg(long)]
     pub no_fused_attention: bool,
-    /// Compute backend.
-    #[arg(long, value_enum)]
-    pub backend: Option<Backend>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Print the results as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -62,6 +66,8 @@ pub struct Row {
     pub decode_tokens_per_s: f64,
     /// Peak resident memory during the run (MiB).
     pub peak_rss_mib: Option<f64>,
+    /// Device memory the allocator holds after the run (MiB; GPU backends).
+    pub device_reserved_mib: Option<f64>,
     /// TTFT relative to full attention at the same length.
     pub ttft_vs_full: Option<f64>,
     /// Peak memory relative to full attention at the same length.
@@ -76,33 +82,45 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.top_k.contains(&0) {
         bail!("--top-k must be at least 1 (got 0)");
     }
-    let (backend, device) = select_device(args.backend, 0)?;
-    let mut model = load_model_or_demo(args.model.as_deref(), &device)?;
-    model
-        .decoder_mut()
-        .set_fused_attention(!args.no_fused_attention);
-    model.decoder_mut().set_progress_hook(None);
-    let layer = args.filter_layer.unwrap_or(model.info().filter_layer.layer);
-    let max_positions = model.decoder().config().max_position_embeddings;
+    let compute = args.compute.resolve()?;
+    let backend = compute.backend;
+    let subject = match &args.synthetic {
+        Some(name) => {
+            let config = synthetic::shape(name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown --synthetic shape `{name}` (known: {})",
+                    synthetic::SHAPES.join(", ")
+                )
+            })?;
+            let layer = default_filter_layer(Architecture::Llama, &config).layer;
+            Subject::Synthetic {
+                name: name.clone(),
+                decoder: Box::new(Decoder::random(config, &compute.device, compute.dtype)?),
+                layer,
+            }
+        }
+        None => Subject::Model(Box::new(load_model_or_demo(
+            args.model.as_deref(),
+            &compute,
+        )?)),
+    };
+    let mut subject = subject;
+    let decoder = subject.decoder_mut();
+    decoder.set_fused_attention(!args.no_fused_attention);
+    decoder.set_progress_hook(None);
+    let layer = args.filter_layer.unwrap_or(subject.default_layer());
+    let max_positions = subject.decoder().config().max_position_embeddings;
     if let Some(&too_long) = args.lengths.iter().find(|&&l| l > max_positions) {
         bail!(
             "--lengths {too_long} exceeds the model's {max_positions} positions (max_position_embeddings)"
         );
     }
-    let chat = model.chat_template().is_some();
     let selector = GemFilterSelector::default();
     // No EOS: every run decodes the same number of tokens.
     let config = GenerationConfig::greedy(args.decode_tokens + 1, Vec::new());
     let mut rows: Vec<Row> = Vec::new();
     for &length in &args.lengths {
-        let prompt = build_prompt(
-            &model,
-            &Haystack::default(),
-            &Needle::default(),
-            length,
-            0.5,
-            chat,
-        )?;
+        let prompt = subject.prompt(length)?;
         let mut methods: Vec<(String, Method)> = Vec::new();
         if !args.skip_full {
             methods.push(("full".into(), Method::Full));
@@ -119,9 +137,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         let mut full: Option<(f64, Option<f64>)> = None;
         for (name, method) in methods {
+            let device = subject.decoder().device().clone();
+            device.memory_cleanup();
             memory::reset_peak();
-            let out = generate(model.decoder(), &prompt.ids, method, &config)?;
+            let out = generate(subject.decoder(), &prompt, method, &config)?;
             let peak = memory::peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0));
+            let reserved = device
+                .memory_pool_usage()
+                .map(|u| u.bytes_reserved as f64 / (1024.0 * 1024.0));
             let t = out.timings;
             let decoded = out.tokens.len().saturating_sub(1);
             let ttft = t.time_to_first_token().as_secs_f64();
@@ -129,7 +152,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 full = Some((ttft, peak));
             }
             let row = Row {
-                tokens: prompt.ids.len(),
+                tokens: prompt.len(),
                 method: name,
                 select_s: t.select.as_secs_f64(),
                 prefill_s: t.prefill.as_secs_f64(),
@@ -140,6 +163,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     0.0
                 },
                 peak_rss_mib: peak,
+                device_reserved_mib: reserved,
                 ttft_vs_full: full.map(|(f, _)| ttft / f),
                 memory_vs_full: full.and_then(|(_, m)| Some(peak? / m?)),
             };
@@ -151,7 +175,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.json {
         let object = serde_json::json!({
-            "model": model.info().path.display().to_string(),
+            "model": subject.name(),
+            "dtype": format!("{:?}", compute.dtype),
             "backend": backend.name(),
             "filter_layer": layer,
             "fused_attention": !args.no_fused_attention,
@@ -190,4 +215,68 @@ fn print_row(row: &Row, header: bool) {
         ratio(row.ttft_vs_full),
         ratio(row.memory_vs_full)
     );
+}
+
+/// What is benchmarked: a loaded model, or a published shape with random weights.
+enum Subject {
+    Model(Box<Model>),
+    Synthetic {
+        name: String,
+        decoder: Box<Decoder>,
+        layer: usize,
+    },
+}
+
+impl Subject {
+    fn decoder(&self) -> &Decoder {
+        match self {
+            Subject::Model(model) => model.decoder(),
+            Subject::Synthetic { decoder, .. } => decoder,
+        }
+    }
+
+    fn decoder_mut(&mut self) -> &mut Decoder {
+        match self {
+            Subject::Model(model) => model.decoder_mut(),
+            Subject::Synthetic { decoder, .. } => decoder,
+        }
+    }
+
+    fn default_layer(&self) -> usize {
+        match self {
+            Subject::Model(model) => model.info().filter_layer.layer,
+            Subject::Synthetic { layer, .. } => *layer,
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Subject::Model(model) => model.info().path.display().to_string(),
+            Subject::Synthetic { name, .. } => format!("{name} (random weights)"),
+        }
+    }
+
+    /// A prompt of about `length` tokens: the needle prompt for a real model, seeded random
+    /// token ids for a synthetic one.
+    fn prompt(&self, length: usize) -> Result<Vec<u32>> {
+        match self {
+            Subject::Model(model) => {
+                let chat = model.chat_template().is_some();
+                Ok(build_prompt(
+                    model,
+                    &Haystack::default(),
+                    &Needle::default(),
+                    length,
+                    0.5,
+                    chat,
+                )?
+                .ids)
+            }
+            Subject::Synthetic { decoder, .. } => {
+                let vocab = decoder.config().vocab_size;
+                let mut rng = SplitMix64::new(length as u64);
+                Ok((0..length).map(|_| rng.below(vocab) as u32).collect())
+            }
+        }
+    }
 }

@@ -1,17 +1,18 @@
 //! `gemfilter calibrate`: find the filter layer automatically. One forward per probe prompt
-//! captures the GemFilter selection at every layer; the mean needle recall per layer decides.
+//! captures the selection of every selector at every layer; the mean needle recall per layer
+//! decides. The calibration file is written for the first selector.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use gemfilter_core::{GemFilterSelector, selections_per_layer};
+use gemfilter_core::{LayerObserver, Probe, TokenSelector};
+use gemfilter_models::SelectorSpec;
 use gemfilter_models::filter_layers::{Calibration, LayerRecall, calibration_path, signature};
-use gemfilter_models::needle::build_prompt;
+use gemfilter_models::needle::{NeedlePrompt, build_prompt};
 
 use super::needle::NeedleOptions;
-use super::{load_model_or_demo, select_device};
-use crate::backend::Backend;
+use super::{ComputeArgs, load_model_or_demo};
 use crate::progress;
 
 /// Arguments of `gemfilter calibrate`.
@@ -29,14 +30,17 @@ pub struct CalibrateArgs {
     /// Token budget of the selection.
     #[arg(long, default_value_t = 256)]
     pub top_k: usize,
+    /// Selector spec to calibrate, repeatable (see `needle --selector`); single-layer specs only.
+    /// The file is written for the first.
+    #[arg(long = "selector", default_values_t = ["gemfilter".to_string()])]
+    pub selectors: Vec<String>,
     /// Recommend the earliest layer whose mean recall is at most this far below the best.
     #[arg(long, default_value_t = 0.05)]
     pub tolerance: f64,
     #[command(flatten)]
     pub prompt: NeedleOptions,
-    /// Compute backend.
-    #[arg(long, value_enum)]
-    pub backend: Option<Backend>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Write the calibration here instead of the model's calibration file in the cache.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -56,43 +60,68 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&args.tolerance) {
         bail!("--tolerance must lie in [0, 1] (got {})", args.tolerance);
     }
+    let specs: Vec<SelectorSpec> = args
+        .selectors
+        .iter()
+        .map(|s| s.parse())
+        .collect::<std::result::Result<_, _>>()?;
+    if let Some(spec) = specs.iter().find(|s| !s.vote.is_empty()) {
+        bail!(
+            "--selector {spec}: a voting selector reads fixed layers and cannot be calibrated per layer; compare it with `gemfilter needle` instead"
+        );
+    }
     let haystack = args.prompt.haystack()?;
     let needle = args.prompt.needle()?;
-    let (_, device) = select_device(args.backend, 0)?;
-    let model = load_model_or_demo(args.model.as_deref(), &device)?;
+    let compute = args.compute.resolve()?;
+    let model = load_model_or_demo(args.model.as_deref(), &compute)?;
     let config = model.decoder().config().clone();
     let chat = args.prompt.chat(&model);
-    let selector = GemFilterSelector::default();
 
     let probes = args.lengths.len() * args.depths.len();
     let bar = progress::counter(probes as u64, "calibration prompts");
-    let mut sums = vec![0.0f64; config.num_layers];
-    for &length in &args.lengths {
+    // recall[spec][length index][layer], summed over depths.
+    let mut sums = vec![vec![vec![0.0f64; config.num_layers]; args.lengths.len()]; specs.len()];
+    for (li, &length) in args.lengths.iter().enumerate() {
         for &depth in &args.depths {
             bar.set_message(format!("{length} tokens, depth {depth:.2}"));
             let prompt = build_prompt(&model, &haystack, &needle, length, depth, chat)?;
-            let selections = selections_per_layer(
-                model.decoder(),
-                &prompt.ids,
-                args.top_k,
-                &selector,
-                config.num_layers - 1,
-            )?;
-            for (layer, selection) in selections.iter().enumerate() {
-                sums[layer] += prompt.recall(&selection.positions);
+            let selectors: Vec<Box<dyn TokenSelector>> = specs
+                .iter()
+                .map(|spec| spec.build(model.tokenizer(), &prompt.ids))
+                .collect::<std::result::Result<_, _>>()?;
+            let window = selectors
+                .iter()
+                .map(|s| s.query_window())
+                .max()
+                .unwrap_or(1);
+            let mut observer = RecallPerLayer {
+                selectors: &selectors,
+                prompt: &prompt,
+                top_k: args.top_k,
+                recalls: Vec::new(),
+            };
+            model
+                .decoder()
+                .observe(&prompt.ids, config.num_layers - 1, window, &mut observer)?;
+            for (layer, per_spec) in observer.recalls.into_iter().enumerate() {
+                for (si, recall) in per_spec?.into_iter().enumerate() {
+                    sums[si][li][layer] += recall;
+                }
             }
             bar.inc(1);
         }
     }
     bar.finish_and_clear();
-    let per_layer: Vec<LayerRecall> = sums
-        .iter()
-        .enumerate()
-        .map(|(layer, sum)| LayerRecall {
-            layer,
-            mean_recall: sum / probes as f64,
-        })
-        .collect();
+    let depths = args.depths.len() as f64;
+    let mean_over_lengths = |si: usize| -> Vec<LayerRecall> {
+        (0..config.num_layers)
+            .map(|layer| LayerRecall {
+                layer,
+                mean_recall: sums[si].iter().map(|l| l[layer]).sum::<f64>() / probes as f64,
+            })
+            .collect()
+    };
+    let per_layer = mean_over_lengths(0);
     let (recommended, best) =
         Calibration::recommend(&per_layer, args.tolerance).expect("at least one layer");
     let calibration = Calibration {
@@ -105,6 +134,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         lengths: args.lengths.clone(),
         depths: args.depths.clone(),
         per_layer: per_layer.clone(),
+        selector: specs[0].to_string(),
     };
     let default_path = calibration_path(&model.info().path, model.info().architecture, &config);
     let path = args.output.clone().unwrap_or_else(|| default_path.clone());
@@ -116,21 +146,43 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
 
     println!(
-        "layer  mean needle recall (top-k {}, {probes} prompts)",
-        args.top_k
+        "mean needle recall per layer (top-k {}, {probes} prompts; `{}` drawn)",
+        args.top_k, specs[0]
     );
-    for l in &per_layer {
-        let marker = match l.layer {
+    let all: Vec<Vec<LayerRecall>> = (0..specs.len()).map(mean_over_lengths).collect();
+    print!("layer");
+    for spec in &specs {
+        print!("  {:>12}", short(&spec.to_string()));
+    }
+    println!();
+    for layer in 0..config.num_layers {
+        let marker = match layer {
             x if x == recommended && x == best => "  <- recommended, best",
             x if x == recommended => "  <- recommended",
             x if x == best => "  <- best",
             _ => "",
         };
+        print!("{layer:>5}");
+        for per_spec in &all {
+            print!("  {:>12.3}", per_spec[layer].mean_recall);
+        }
         println!(
-            "{:>5}  {:.3} {}{marker}",
-            l.layer,
-            l.mean_recall,
-            "#".repeat((l.mean_recall * 40.0).round() as usize)
+            " {}{marker}",
+            "#".repeat((all[0][layer].mean_recall * 40.0).round() as usize)
+        );
+    }
+    for (si, spec) in specs.iter().enumerate() {
+        let (rec, best) = Calibration::recommend(&all[si], args.tolerance).expect("layers");
+        let per_length: Vec<String> = args
+            .lengths
+            .iter()
+            .enumerate()
+            .map(|(li, length)| format!("{length}: {:.3}", sums[si][li][rec] / depths))
+            .collect();
+        println!(
+            "{spec}: recommended layer {rec} (best {best} at {:.3}); recall at {rec} per length: {}",
+            all[si][best].mean_recall,
+            per_length.join(", ")
         );
     }
     println!(
@@ -146,4 +198,37 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         println!("written to {}", path.display());
     }
     Ok(())
+}
+
+/// First 12 characters of a spec, for table headers.
+fn short(spec: &str) -> String {
+    spec.chars().take(12).collect()
+}
+
+/// Scores every layer's probe with every selector as the pass goes by, keeping only recalls.
+struct RecallPerLayer<'a> {
+    selectors: &'a [Box<dyn TokenSelector>],
+    prompt: &'a NeedlePrompt,
+    top_k: usize,
+    recalls: Vec<gemfilter_core::Result<Vec<f64>>>,
+}
+
+impl LayerObserver for RecallPerLayer<'_> {
+    fn wants(&self, _layer: usize) -> bool {
+        true
+    }
+
+    fn observe(&mut self, probe: Probe) {
+        let n = self.prompt.ids.len();
+        let recalls = self
+            .selectors
+            .iter()
+            .map(|selector| {
+                let selection = selector.select(&probe, self.top_k)?;
+                selection.validate(selector.name(), n, self.top_k)?;
+                Ok(self.prompt.recall(&selection.positions))
+            })
+            .collect();
+        self.recalls.push(recalls);
+    }
 }

@@ -9,8 +9,7 @@ use gemfilter_models::GAP_MARKER;
 use gemfilter_models::needle::build_prompt;
 
 use super::needle::{CellSettings, Method, NeedleOptions, run_cell};
-use super::{load_model_or_demo, select_device};
-use crate::backend::Backend;
+use super::{ComputeArgs, load_model_or_demo};
 
 /// Arguments of `gemfilter demo`.
 #[derive(Debug, Args)]
@@ -32,9 +31,8 @@ pub struct DemoArgs {
     pub filter_layer: Option<usize>,
     #[command(flatten)]
     pub prompt: NeedleOptions,
-    /// Compute backend.
-    #[arg(long, value_enum)]
-    pub backend: Option<Backend>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 /// Runs the subcommand.
@@ -45,8 +43,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
         args.depth
     );
     anyhow::ensure!(args.top_k > 0, "--top-k must be at least 1 (got 0)");
-    let (backend, device) = select_device(args.backend, 0)?;
-    let model = load_model_or_demo(args.model.as_deref(), &device)?;
+    let compute = args.compute.resolve()?;
+    let backend = compute.backend;
+    let model = load_model_or_demo(args.model.as_deref(), &compute)?;
     let needle = args.prompt.needle()?;
     let haystack = args.prompt.haystack()?;
     let chat = args.prompt.chat(&model);

@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use gemfilter_core::Sampling;
-use gemfilter_models::{Answer, Mode, Model, Request};
+use gemfilter_models::{Answer, Mode, Model, Request, SelectorSpec};
 use serde_json::json;
 
-use super::{load_model, select_device};
+use super::{ComputeArgs, load_model};
 use crate::backend::Backend;
 
 /// Arguments of `gemfilter generate`.
@@ -30,6 +30,10 @@ pub struct GenerateArgs {
     /// 0-based filter layer r (default: the model's known or fallback layer; see `inspect`).
     #[arg(long)]
     pub filter_layer: Option<usize>,
+    /// Selector spec: `gemfilter` (the paper's) or settings such as
+    /// `window=32,norm=softmax,spans=sentence` (see the README).
+    #[arg(long, default_value = "gemfilter", conflicts_with = "full")]
+    pub selector: String,
     /// Use full attention over the whole prompt instead of GemFilter.
     #[arg(long)]
     pub full: bool,
@@ -39,12 +43,8 @@ pub struct GenerateArgs {
     /// Wrap the prompt as a user turn of the model's chat template.
     #[arg(long)]
     pub chat: bool,
-    /// Compute backend (default: flex when compiled in).
-    #[arg(long, value_enum)]
-    pub backend: Option<Backend>,
-    /// Device index for GPU backends.
-    #[arg(long, default_value_t = 0)]
-    pub device: usize,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Sample with this temperature instead of greedy decoding.
     #[arg(long)]
     pub temperature: Option<f32>,
@@ -73,8 +73,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if prompt.trim().is_empty() {
         bail!("the prompt is empty: nothing to generate from");
     }
-    let (backend, device) = select_device(args.backend, args.device)?;
-    let model = load_model(&args.model, &device)?;
+    let spec: SelectorSpec = args.selector.parse()?;
+    let compute = args.compute.resolve()?;
+    let backend = compute.backend;
+    let model = load_model(&args.model, &compute)?;
     if let Some(layer) = args.filter_layer {
         let layers = model.decoder().config().num_layers;
         if layer >= layers {
@@ -100,14 +102,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             top_k: args.top_k,
         }
     };
+    let ids = model.prompt_ids(&prompt, args.chat)?;
+    let selector = spec.build(model.tokenizer(), &ids)?;
     let request = Request {
         mode,
         max_new_tokens: args.max_new_tokens,
         chat: args.chat,
         sampling,
-        selector: None,
+        selector: Some(selector.as_ref()),
     };
-    let answer = model.generate(&prompt, &request)?;
+    let answer = model.generate_ids(&ids, &request)?;
     if args.json {
         print_json(&args, backend, &model, &answer)
     } else {
@@ -127,6 +131,7 @@ fn print_json(args: &GenerateArgs, backend: Backend, model: &Model, answer: &Ans
         "architecture": model.info().architecture.name(),
         "backend": backend.name(),
         "method": if answer.top_k.is_some() { "gemfilter" } else { "full" },
+        "selector": answer.top_k.map(|_| args.selector.clone()),
         "input_tokens": generation.input_tokens,
         "kept_tokens": generation.kept_tokens,
         "filter_layer": answer.filter_layer,

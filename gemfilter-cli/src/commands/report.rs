@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Deserialize;
 
-use super::needle::{Cell, Method, Summary};
+use super::needle::{Cell, Method, Summary, Variant};
 use crate::heatmap;
 
 /// Arguments of `gemfilter report`.
@@ -45,25 +45,20 @@ pub fn run(args: ReportArgs) -> Result<()> {
     });
     std::fs::create_dir_all(&folder)
         .with_context(|| format!("cannot create {}", folder.display()))?;
-    let mut methods: Vec<Method> = Vec::new();
-    for cell in &report.cells {
-        if !methods.contains(&cell.method) {
-            methods.push(cell.method);
-        }
-    }
+    let variants = Variant::of_cells(&report.cells);
     let svg = folder.join("needle.svg");
     heatmap::needle_heatmaps(
         &svg,
         &report.cells,
-        &methods,
+        &variants,
         &report.lengths,
         &report.depths,
     )?;
 
     let mut md = format!(
         "Needle in a haystack on `{}` (top-k {}, filter layer {}).\n\n\
-         | method | tokens | needle recall | accuracy | time to first token (s) | TTFT / full | peak RSS (MiB) |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n",
+         | method | tokens | needle recall | accuracy | selection (s) | time to first token (s) | TTFT / full | peak RSS (MiB) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
         report.model, report.top_k, report.filter_layer
     );
     for s in &report.summary {
@@ -72,11 +67,12 @@ pub fn run(args: ReportArgs) -> Result<()> {
             .iter()
             .find(|f| f.method == Method::Full && f.target_tokens == s.target_tokens);
         md.push_str(&format!(
-            "| {} | {} | {} | {:.2} | {:.1} | {} | {} |\n",
-            s.method.name(),
+            "| {} | {} | {} | {:.2} | {:.1} | {:.1} | {} | {} |\n",
+            s.variant().label(),
             s.target_tokens,
             s.mean_recall.map_or("–".into(), |r| format!("{r:.2}")),
             s.accuracy,
+            s.mean_select_ms / 1e3,
             s.mean_ttft_ms / 1e3,
             full.map_or("–".into(), |f| format!(
                 "{:.2}",

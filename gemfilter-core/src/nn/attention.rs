@@ -40,8 +40,7 @@ pub struct AttentionSpan {
     /// queries, all heads together); bounds peak memory for long prompts.
     pub max_scores_per_block: usize,
     /// Use the backend's fused attention op where its causal convention provably matches
-    /// (queries and keys over the same positions: a prefill from an empty cache) and no window
-    /// applies.
+    /// (the queries are the last positions of the keys) and no window applies.
     pub fused: bool,
 }
 
@@ -118,8 +117,8 @@ fn split_heads(x: Tensor<3>, heads: usize, head_dim: usize) -> Tensor<4> {
 /// softmax(q·kᵀ/√d + mask)·v for grouped-query attention, processed in blocks of queries so
 /// that no more than `span.max_scores_per_block` scores exist at once.
 ///
-/// Query heads sharing a key/value head are stacked along the position axis instead of
-/// repeating the keys, so the keys and values are never copied per query head.
+/// On the blocked path, query heads sharing a key/value head are stacked along the position
+/// axis instead of repeating the keys, so the keys and values are never copied per query head.
 pub fn grouped_attention(
     queries: Tensor<4>,
     keys: Tensor<4>,
@@ -127,45 +126,84 @@ pub fn grouped_attention(
     span: AttentionSpan,
 ) -> Tensor<4> {
     if span.fused && fused_applies(&queries, &keys, &span) {
-        return fused_attention(queries, keys, values);
+        return fused_attention(queries, keys, values, span.max_scores_per_block);
     }
     blocked_attention(queries, keys, values, span)
 }
 
-/// Whether the fused op's causal convention is unambiguous for this call: several queries over
-/// exactly the positions of the keys (top-left and bottom-right alignment coincide). Single-token
-/// decode steps stay on the blocked path, which measured twice as fast there on flex.
+/// Whether the fused op's causal convention matches this call. Burn 0.22's attention op (flex,
+/// CubeCL flash kernels and the generic fallback alike) aligns causality bottom-right: query `i`
+/// of `n_q` sees keys `0..=i + n_k - n_q`. That is ours exactly when the queries are the last
+/// positions of the key span and no sliding window cuts in. Single-token decode steps stay on
+/// the blocked path, which measured twice as fast there on flex.
 fn fused_applies(queries: &Tensor<4>, keys: &Tensor<4>, span: &AttentionSpan) -> bool {
     let num_queries = queries.dims()[2];
     let num_keys = keys.dims()[2];
     span.window.is_none()
         && num_queries > 1
-        && num_queries == num_keys
-        && span.query_start == span.key_start
+        && num_queries <= num_keys
+        && span.query_start + num_queries == span.key_start + num_keys
 }
 
-/// The backend's fused scaled-dot-product attention (tiled online softmax on flex, its own
-/// kernels on CubeCL backends). Key/value heads are repeated to the query heads, as the op
-/// expects equal head counts.
-fn fused_attention(queries: Tensor<4>, keys: Tensor<4>, values: Tensor<4>) -> Tensor<4> {
-    let [batch, heads, _, head_dim] = queries.dims();
+/// Smallest query block of the fused path: below it, repeating the keys and values per block
+/// would cost as much as the attention itself.
+const FUSED_MIN_ROWS: usize = 256;
+
+/// The backend's fused scaled-dot-product attention (tiled online softmax on flex, flash kernels
+/// on CubeCL backends). It is called per block of queries, each over the keys up to its last
+/// query, so that a backend whose op materialises the scores (CubeCL's fallback, when no flash
+/// kernel fits the shape) holds at most `max(max_scores_per_block, heads · 256 · keys)` of them.
+/// Key/value heads are repeated to the query heads, as the op expects equal head counts.
+fn fused_attention(
+    queries: Tensor<4>,
+    keys: Tensor<4>,
+    values: Tensor<4>,
+    max_scores_per_block: usize,
+) -> Tensor<4> {
+    let [batch, heads, num_queries, head_dim] = queries.dims();
     let [_, kv_heads, num_keys, _] = keys.dims();
     let groups = heads / kv_heads;
-    let repeat = |t: Tensor<4>| {
+    let repeat = |t: Tensor<4>, positions: usize| {
         if groups == 1 {
             t
         } else {
             t.unsqueeze_dim::<5>(2)
-                .expand([batch, kv_heads, groups, num_keys, head_dim])
-                .reshape([batch, heads, num_keys, head_dim])
+                .expand([batch, kv_heads, groups, positions, head_dim])
+                .reshape([batch, heads, positions, head_dim])
         }
     };
+    // `scale: None` is 1/√head_dim; an explicit scale would send CubeCL to its fallback.
     let options = AttentionModuleOptions {
-        scale: Some((head_dim as f64).powf(-0.5)),
+        scale: None,
         softcap: None,
         is_causal: true,
     };
-    burn::tensor::module::attention(queries, repeat(keys), repeat(values), None, None, options)
+    let past = num_keys - num_queries;
+    let rows_per_block = (max_scores_per_block / (heads * num_keys).max(1))
+        .max(FUSED_MIN_ROWS)
+        .min(num_queries);
+    let mut outputs = Vec::with_capacity(num_queries.div_ceil(rows_per_block));
+    let mut first = 0;
+    while first < num_queries {
+        let rows = rows_per_block.min(num_queries - first);
+        let visible = past + first + rows;
+        let q = if rows == num_queries {
+            queries.clone()
+        } else {
+            queries.clone().narrow(2, first, rows)
+        };
+        let k = repeat(keys.clone().narrow(2, 0, visible), visible);
+        let v = repeat(values.clone().narrow(2, 0, visible), visible);
+        outputs.push(burn::tensor::module::attention(
+            q, k, v, None, None, options,
+        ));
+        first += rows;
+    }
+    if outputs.len() == 1 {
+        outputs.pop().expect("one block")
+    } else {
+        Tensor::cat(outputs, 2)
+    }
 }
 
 /// Attention in blocks of queries, each materialising at most `max_scores_per_block` scores,
@@ -276,4 +314,74 @@ fn block_mask(
         mask = mask.bool_or(too_old);
     }
     Some(mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, TensorData};
+
+    fn random(shape: [usize; 4], device: &Device) -> Tensor<4> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
+    }
+
+    /// Plain reference: every query over every visible key, one full score matrix.
+    fn reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, span: AttentionSpan) -> Tensor<4> {
+        let span = AttentionSpan {
+            max_scores_per_block: usize::MAX,
+            fused: false,
+            ..span
+        };
+        blocked_attention(q, k, v, span)
+    }
+
+    fn max_abs_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
+        let a: TensorData = a.into_data();
+        let b: TensorData = b.into_data();
+        a.iter::<f32>()
+            .zip(b.iter::<f32>())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// Every path (fused or blocked, one block or many, from an empty cache or continuing one,
+    /// with and without a window) computes the same attention.
+    #[test]
+    fn all_attention_paths_agree() {
+        let device = Device::flex();
+        let (heads, kv_heads, head_dim) = (6, 2, 8);
+        for (past, new, window) in [
+            (0, 37, None),
+            (11, 23, None),
+            (0, 29, Some(7)),
+            (9, 5, Some(4)),
+        ] {
+            let q = random([1, heads, new, head_dim], &device);
+            let k = random([1, kv_heads, past + new, head_dim], &device);
+            let v = random([1, kv_heads, past + new, head_dim], &device);
+            let span = AttentionSpan {
+                query_start: past,
+                key_start: 0,
+                window,
+                max_scores_per_block: usize::MAX,
+                fused: false,
+            };
+            let expected = reference(q.clone(), k.clone(), v.clone(), span);
+            for fused in [false, true] {
+                for budget in [usize::MAX, heads * (past + new) * 4, 1] {
+                    let span = AttentionSpan {
+                        max_scores_per_block: budget,
+                        fused,
+                        ..span
+                    };
+                    let got = grouped_attention(q.clone(), k.clone(), v.clone(), span);
+                    let err = max_abs_diff(got, expected.clone());
+                    assert!(
+                        err < 1e-5,
+                        "past {past}, new {new}, window {window:?}, fused {fused}, budget {budget}: {err}"
+                    );
+                }
+            }
+        }
+    }
 }

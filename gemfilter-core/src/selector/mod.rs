@@ -1,4 +1,17 @@
-//! Choosing which input positions to keep from a layer's probe.
+//! Choosing which input positions to keep from the probes of the selection pass.
+//!
+//! [`GemFilterSelector`] is the paper's rule, exact. The others are opt-in and compose:
+//! [`QuestionWindowSelector`] scores with the last `w` queries (the question) and can normalise
+//! per head, [`LayerVoteSelector`] combines several layers captured in the same pass, and
+//! [`SpanSelector`] turns kept positions into whole spans (sentences, lines, a radius).
+
+mod layer_vote;
+mod question_window;
+mod span;
+
+pub use layer_vote::{LayerVoteSelector, VoteRule};
+pub use question_window::{HeadNormalization, QuestionWindowSelector};
+pub use span::{SpanRule, SpanSelector};
 
 use burn::tensor::{DType, Tensor};
 
@@ -56,6 +69,10 @@ impl Selection {
 ///
 /// Implementations must return at most `min(budget, n)` strictly ascending positions and one
 /// score per input position; [`generate`](crate::generate) checks this.
+///
+/// A selector that reads several layers overrides [`layers`](Self::layers) and
+/// [`select_layers`](Self::select_layers); all of them come from the one selection pass, which
+/// stops at the highest layer asked for (never above the filter layer).
 pub trait TokenSelector {
     /// Short name for reports.
     fn name(&self) -> &str;
@@ -65,8 +82,43 @@ pub trait TokenSelector {
         1
     }
 
-    /// Scores the probe and keeps up to `budget` positions.
+    /// The layers whose probes this selector reads, given the filter layer `r` (default: `[r]`).
+    fn layers(&self, filter_layer: usize) -> Vec<usize> {
+        vec![filter_layer]
+    }
+
+    /// Scores one probe and keeps up to `budget` positions.
     fn select(&self, probe: &Probe, budget: usize) -> Result<Selection>;
+
+    /// Scores the probes of [`layers`](Self::layers) (ascending layer order) and keeps up to
+    /// `budget` positions. The default reads the last (highest) layer only.
+    fn select_layers(&self, probes: &[Probe], budget: usize) -> Result<Selection> {
+        match probes.last() {
+            Some(probe) => self.select(probe, budget),
+            None => Err(CoreError::InvalidSelection {
+                selector: self.name().to_string(),
+                reason: "no probe to select from".into(),
+            }),
+        }
+    }
+}
+
+impl<S: TokenSelector + ?Sized> TokenSelector for Box<S> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn query_window(&self) -> usize {
+        (**self).query_window()
+    }
+    fn layers(&self, filter_layer: usize) -> Vec<usize> {
+        (**self).layers(filter_layer)
+    }
+    fn select(&self, probe: &Probe, budget: usize) -> Result<Selection> {
+        (**self).select(probe, budget)
+    }
+    fn select_layers(&self, probes: &[Probe], budget: usize) -> Result<Selection> {
+        (**self).select_layers(probes, budget)
+    }
 }
 
 /// The selector of the GemFilter paper, reproducing its reference code exactly:

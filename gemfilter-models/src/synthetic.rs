@@ -1,0 +1,56 @@
+//! Published model shapes with random weights, for benchmarks where the checkpoint is not at
+//! hand (e.g. a GPU check of LLaMA 3.1 8B's shape at 128K tokens).
+
+use gemfilter_core::{Activation, DecoderConfig, RopeConfig, RopeScaling};
+
+/// LLaMA 3.1 8B's shape: 32 layers, hidden 4096, 32 query / 8 KV heads, MLP 14336, vocabulary
+/// 128256, llama3 rope (θ 500000, factor 8, original context 8192), 131072 positions.
+pub fn llama31_8b() -> DecoderConfig {
+    DecoderConfig {
+        vocab_size: 128_256,
+        hidden_size: 4096,
+        intermediate_size: 14_336,
+        num_layers: 32,
+        num_heads: 32,
+        num_kv_heads: 8,
+        head_dim: 128,
+        rms_norm_eps: 1e-5,
+        rope: RopeConfig {
+            theta: 500_000.0,
+            rotary_dim: 128,
+            scaling: RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192,
+            },
+        },
+        max_position_embeddings: 131_072,
+        sliding_window: None,
+        tie_word_embeddings: false,
+        attention_bias: false,
+        mlp_bias: false,
+        activation: Activation::Silu,
+    }
+}
+
+/// Shapes available by name.
+pub const SHAPES: &[&str] = &["llama-3.1-8b"];
+
+/// The shape called `name`.
+pub fn shape(name: &str) -> Option<DecoderConfig> {
+    match name {
+        "llama-3.1-8b" => Some(llama31_8b()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shapes_are_valid() {
+        for name in super::SHAPES {
+            super::shape(name).unwrap().validate().unwrap();
+        }
+    }
+}
