@@ -36,7 +36,7 @@ pub use layers::selections_per_layer;
 pub use probe::{LayerObserver, Probe};
 pub use selector::{
     GemFilterSelector, HeadNormalization, LayerVoteSelector, QuestionWindowSelector, Selection,
-    SpanRule, SpanSelector, TokenSelector, VoteRule,
+    SpanRanking, SpanRule, SpanSelector, TokenSelector, VoteRule,
 };
 
 /// Re-export of the Burn version this crate is built on, so users name the same types.

@@ -11,6 +11,7 @@
 //! | `rule` | `rank`, `norm` | `rank` | how the layers combine |
 //! | `spans` | `sentence`, `line`, `radius:R` | none | [`SpanSelector`] |
 //! | `maxspan` | longest span from one segment | 48 | |
+//! | `rank` | `token` (best position), `mean` (segment mean) | `token` | how spans compete |
 //!
 //! Example: `window=32,norm=softmax,spans=sentence`.
 
@@ -18,8 +19,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use gemfilter_core::{
-    GemFilterSelector, HeadNormalization, LayerVoteSelector, QuestionWindowSelector, SpanRule,
-    SpanSelector, TokenSelector, VoteRule,
+    GemFilterSelector, HeadNormalization, LayerVoteSelector, QuestionWindowSelector, SpanRanking,
+    SpanRule, SpanSelector, TokenSelector, VoteRule,
 };
 
 use crate::error::{ModelError, Result};
@@ -54,6 +55,8 @@ pub struct SelectorSpec {
     pub spans: Option<SpanSpec>,
     /// Longest span taken from one segment.
     pub max_span: usize,
+    /// Rank segments by their mean score instead of their best position.
+    pub rank_by_mean: bool,
 }
 
 impl Default for SelectorSpec {
@@ -67,6 +70,7 @@ impl Default for SelectorSpec {
             rule: VoteRule::RankSum,
             spans: None,
             max_span: 48,
+            rank_by_mean: false,
         }
     }
 }
@@ -104,7 +108,14 @@ impl SelectorSpec {
                 max_len: self.max_span,
             },
         };
-        Ok(Box::new(SpanSelector::new(voted, rule)))
+        let ranking = if self.rank_by_mean {
+            SpanRanking::SegmentMean
+        } else {
+            SpanRanking::BestPosition
+        };
+        Ok(Box::new(
+            SpanSelector::new(voted, rule).with_ranking(ranking),
+        ))
     }
 }
 
@@ -129,7 +140,7 @@ impl FromStr for SelectorSpec {
         for setting in trimmed.split(',') {
             let Some((key, value)) = setting.split_once('=') else {
                 return Err(fail(format!(
-                    "`{setting}` is not key=value (keys: window, norm, pool, vote, rule, spans, maxspan)"
+                    "`{setting}` is not key=value (keys: window, norm, pool, vote, rule, spans, maxspan, rank)"
                 )));
             };
             let (key, value) = (key.trim(), value.trim());
@@ -172,6 +183,13 @@ impl FromStr for SelectorSpec {
                     })
                 }
                 "maxspan" => spec.max_span = number(key, value)?,
+                "rank" => {
+                    spec.rank_by_mean = match value {
+                        "token" => false,
+                        "mean" => true,
+                        _ => return Err(fail(format!("rank `{value}` (token, mean)"))),
+                    }
+                }
                 _ => {
                     return Err(fail(format!(
                         "unknown key `{key}` (window, norm, pool, vote, rule, spans, maxspan)"
@@ -229,6 +247,9 @@ impl fmt::Display for SelectorSpec {
             if self.max_span != default.max_span {
                 parts.push(format!("maxspan={}", self.max_span));
             }
+            if self.rank_by_mean {
+                parts.push("rank=mean".into());
+            }
         }
         write!(f, "{}", parts.join(","))
     }
@@ -245,6 +266,7 @@ mod tests {
             "window=32,norm=softmax",
             "vote=8+11+14,rule=norm",
             "window=16,spans=sentence,maxspan=64",
+            "window=32,norm=softmax,spans=sentence,rank=mean",
             "spans=radius:6",
         ] {
             let spec: SelectorSpec = text.parse().unwrap();

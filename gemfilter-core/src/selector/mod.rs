@@ -11,7 +11,7 @@ mod span;
 
 pub use layer_vote::{LayerVoteSelector, VoteRule};
 pub use question_window::{HeadNormalization, QuestionWindowSelector};
-pub use span::{SpanRule, SpanSelector};
+pub use span::{SpanRanking, SpanRule, SpanSelector};
 
 use burn::tensor::{DType, Tensor};
 

@@ -20,6 +20,16 @@ pub enum SpanRule {
     },
 }
 
+/// How spans are ranked against each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanRanking {
+    /// By their best-scoring position: spans grow around the best positions, best first.
+    BestPosition,
+    /// By the mean score of their positions (segments only; a radius rule ranks by best
+    /// position): a passage that is relevant throughout beats one with a single hot token.
+    SegmentMean,
+}
+
 /// Ranks positions with `inner`, then fills the budget with spans around the best ones, best
 /// first: the whole sentence (or line, or radius) a high-scoring token sits in is kept, not the
 /// token alone. The last span is cut to the positions nearest its scoring token when the budget
@@ -30,6 +40,8 @@ pub struct SpanSelector<S> {
     pub inner: S,
     /// What a span is.
     pub rule: SpanRule,
+    /// How spans are ranked.
+    pub ranking: SpanRanking,
     name: String,
 }
 
@@ -43,7 +55,21 @@ impl<S: TokenSelector> SpanSelector<S> {
             }
         };
         let name = format!("spans[{what}]({})", inner.name());
-        Self { inner, rule, name }
+        Self {
+            inner,
+            rule,
+            ranking: SpanRanking::BestPosition,
+            name,
+        }
+    }
+
+    /// The same selector ranking spans by `ranking`.
+    pub fn with_ranking(mut self, ranking: SpanRanking) -> Self {
+        if ranking == SpanRanking::SegmentMean {
+            self.name = self.name.replacen("spans[", "spans[mean,", 1);
+        }
+        self.ranking = ranking;
+        self
     }
 
     /// Positions `[start, end)` of the span around `position` in a prompt of `n` positions.
@@ -95,8 +121,14 @@ impl<S: TokenSelector> SpanSelector<S> {
         Ok(())
     }
 
-    /// Fills `budget` with spans around positions taken in descending `scores` order.
+    /// Fills `budget` with spans around positions taken in descending `scores` order, or with
+    /// whole segments in descending mean score.
     fn fill(&self, scores: &[f32], budget: usize) -> Vec<usize> {
+        if let (SpanRanking::SegmentMean, SpanRule::Segments { starts, .. }) =
+            (self.ranking, &self.rule)
+        {
+            return self.fill_by_segment_mean(scores, budget, starts);
+        }
         let n = scores.len();
         let budget = budget.min(n);
         let mut order: Vec<usize> = (0..n).collect();
@@ -109,19 +141,30 @@ impl<S: TokenSelector> SpanSelector<S> {
                 (false, false) => y.partial_cmp(&x).expect("not NaN").then(a.cmp(&b)),
             }
         });
+        self.grow(order, n, budget)
+    }
+
+    /// Adds the span around each anchor in turn (anchors already kept are skipped) until
+    /// `budget` positions are kept; the last span is cut to the positions nearest its anchor.
+    fn grow(
+        &self,
+        anchors: impl IntoIterator<Item = usize>,
+        n: usize,
+        budget: usize,
+    ) -> Vec<usize> {
         let mut kept = vec![false; n];
         let mut remaining = budget;
-        for &position in &order {
+        for anchor in anchors {
             if remaining == 0 {
                 break;
             }
-            if kept[position] {
+            if kept[anchor] {
                 continue;
             }
-            let (start, end) = self.span_around(position, n);
+            let (start, end) = self.span_around(anchor, n);
             let mut new: Vec<usize> = (start..end).filter(|&p| !kept[p]).collect();
             if new.len() > remaining {
-                new.sort_by_key(|&p| (p.abs_diff(position), p));
+                new.sort_by_key(|&p| (p.abs_diff(anchor), p));
                 new.truncate(remaining);
             }
             remaining -= new.len();
@@ -130,6 +173,34 @@ impl<S: TokenSelector> SpanSelector<S> {
             }
         }
         (0..n).filter(|&p| kept[p]).collect()
+    }
+}
+
+impl<S: TokenSelector> SpanSelector<S> {
+    fn fill_by_segment_mean(&self, scores: &[f32], budget: usize, starts: &[usize]) -> Vec<usize> {
+        let n = scores.len();
+        let budget = budget.min(n);
+        let finite = |s: f32| if s.is_nan() { f32::NEG_INFINITY } else { s };
+        // (mean, best position) of each segment.
+        let mut segments: Vec<(f32, usize)> = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &start)| {
+                let end = starts.get(i + 1).copied().unwrap_or(n).min(n);
+                let slice = &scores[start..end];
+                let mean = slice.iter().map(|&s| finite(s)).sum::<f32>() / slice.len() as f32;
+                let best = (start..end)
+                    .max_by(|&a, &b| {
+                        finite(scores[a])
+                            .total_cmp(&finite(scores[b]))
+                            .then(b.cmp(&a))
+                    })
+                    .expect("segments are not empty");
+                (mean, best)
+            })
+            .collect();
+        segments.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        self.grow(segments.into_iter().map(|(_, best)| best), n, budget)
     }
 }
 
@@ -225,6 +296,21 @@ mod tests {
         );
         let kept = selector.fill(&scores, 8);
         assert_eq!(kept, (86..94).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn segments_ranked_by_mean_prefer_passages_relevant_throughout() {
+        // Segment [0,4) has one hot token; segment [4,8) is warm throughout.
+        let scores = vec![0.0, 5.0, 0.0, 0.0, 2.0, 2.0, 2.0, 2.0, 0.1, 0.1];
+        let rule = SpanRule::Segments {
+            starts: vec![0, 4, 8],
+            max_len: 16,
+        };
+        let by_best = SpanSelector::new(Fixed(scores.clone()), rule.clone());
+        assert_eq!(by_best.fill(&scores, 4), vec![0, 1, 2, 3]);
+        let by_mean = by_best.with_ranking(SpanRanking::SegmentMean);
+        assert_eq!(by_mean.fill(&scores, 4), vec![4, 5, 6, 7]);
+        assert_eq!(by_mean.fill(&scores, 6), vec![0, 1, 4, 5, 6, 7]);
     }
 
     #[test]
