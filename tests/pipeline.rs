@@ -28,6 +28,34 @@ fn blocked_attention_matches_unblocked(device: &Device) {
     assert!(error < 1e-4, "blocked attention differs by {error}");
 }
 
+/// A prompt prefilled in chunks through the cache gives the logits of one chunk, with and without
+/// a sliding window, and leaves the cache where one chunk would.
+fn chunked_prefill_matches_one_chunk(device: &Device) {
+    for name in ["llama-gqa", "mistral-window"] {
+        let mut model = load(name, device);
+        let ids = reference(name).prompt_ids;
+        let mut cache = model.decoder().new_cache(ids.len() + 1);
+        let whole = host_values(model.decoder().prefill(&ids, &mut cache).unwrap());
+        model.decoder_mut().set_prefill_chunk(Some(7));
+        let mut chunked_cache = model.decoder().new_cache(ids.len() + 1);
+        let chunked = host_values(model.decoder().prefill(&ids, &mut chunked_cache).unwrap());
+        let error = max_abs_diff(&whole, &chunked);
+        assert!(error < 1e-4, "{name}: chunked prefill differs by {error}");
+        assert_eq!(chunked_cache.len(), ids.len());
+        let step = host_values(
+            model
+                .decoder()
+                .decode_step(ids[0], &mut chunked_cache)
+                .unwrap(),
+        );
+        let expected = host_values(model.decoder().decode_step(ids[0], &mut cache).unwrap());
+        assert!(
+            max_abs_diff(&step, &expected) < 1e-4,
+            "{name}: decoding after chunks"
+        );
+    }
+}
+
 /// Prefill of a prefix followed by cached single-token steps gives, at every step, the logits
 /// of a fresh forward over the same tokens.
 fn cached_decoding_matches_recomputation(device: &Device) {
@@ -352,6 +380,7 @@ fn composed_selectors_run_through_the_pipeline(device: &Device) {
 }
 
 on_every_backend!(
+    chunked_prefill_matches_one_chunk,
     composed_selectors_run_through_the_pipeline,
     blocked_attention_matches_unblocked,
     cached_decoding_matches_recomputation,

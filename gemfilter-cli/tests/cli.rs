@@ -513,6 +513,9 @@ fn bench_reports_ratios() {
         "32",
         "--decode-tokens",
         "2",
+        "--prefill-chunk",
+        "64",
+        "--matmul-peak",
         "--json",
     ]);
     assert!(
@@ -525,8 +528,16 @@ fn bench_reports_ratios() {
     assert_eq!(rows.len(), 4);
     assert_eq!(rows[0]["method"], "full");
     assert_eq!(rows[0]["ttft_vs_full"].as_f64(), Some(1.0));
+    assert!(rows[0]["select_gflops"].is_null());
     assert_eq!(rows[1]["method"], "gemfilter-k32");
     assert!(rows[1]["ttft_vs_full"].as_f64().unwrap() > 0.0);
+    assert!(rows[1]["select_gflops"].as_f64().unwrap() > 0.0);
+    assert!(
+        rows.iter()
+            .all(|r| r["prefill_gflops"].as_f64().unwrap() > 0.0)
+    );
+    assert!(json["matmul_peak_gflops"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["prefill_chunk"], 64);
 }
 
 #[test]

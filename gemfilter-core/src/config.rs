@@ -105,6 +105,33 @@ pub struct DecoderConfig {
 }
 
 impl DecoderConfig {
+    /// Floating-point operations (multiply + add = 2) of one decoder layer over `n` new positions
+    /// after `past` cached ones: the four projections, the MLP, and attention over the visible
+    /// keys (causal, within the sliding window if any).
+    pub fn layer_flops(&self, n: usize, past: usize) -> f64 {
+        let (n_f, hidden) = (n as f64, self.hidden_size as f64);
+        let q_out = (self.num_heads * self.head_dim) as f64;
+        let kv_out = (self.num_kv_heads * self.head_dim) as f64;
+        let projections = 2.0 * n_f * hidden * (2.0 * q_out + 2.0 * kv_out);
+        let mlp = 2.0 * n_f * hidden * self.intermediate_size as f64 * 3.0;
+        let visible: f64 = (past..past + n)
+            .map(|q| match self.sliding_window {
+                Some(w) => (q + 1).min(w) as f64,
+                None => (q + 1) as f64,
+            })
+            .sum();
+        // q·k and p·v per query head.
+        let attention = 2.0 * 2.0 * (self.num_heads * self.head_dim) as f64 * visible;
+        projections + mlp + attention
+    }
+
+    /// Floating-point operations of a full prefill of `n` positions from an empty cache: every
+    /// layer, and the LM head on the last position only.
+    pub fn prefill_flops(&self, n: usize) -> f64 {
+        self.num_layers as f64 * self.layer_flops(n, 0)
+            + 2.0 * (self.hidden_size * self.vocab_size) as f64
+    }
+
     /// Number of query heads sharing one key/value head.
     pub fn kv_groups(&self) -> usize {
         self.num_heads / self.num_kv_heads
@@ -236,5 +263,49 @@ fn check_factor(name: &str, value: f64) -> Result<()> {
         Err(CoreError::InvalidConfig(format!(
             "`{name}` must be a positive number, got {value}"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(window: Option<usize>) -> DecoderConfig {
+        DecoderConfig {
+            vocab_size: 10,
+            hidden_size: 4,
+            intermediate_size: 8,
+            num_layers: 1,
+            num_heads: 2,
+            num_kv_heads: 1,
+            head_dim: 2,
+            rms_norm_eps: 1e-5,
+            rope: RopeConfig {
+                theta: 10_000.0,
+                rotary_dim: 2,
+                scaling: RopeScaling::None,
+            },
+            max_position_embeddings: 16,
+            sliding_window: window,
+            tie_word_embeddings: true,
+            attention_bias: false,
+            mlp_bias: false,
+            activation: Activation::Silu,
+        }
+    }
+
+    #[test]
+    fn flops_count_projections_mlp_and_visible_keys() {
+        // 3 positions: projections 2·3·4·(2·4 + 2·2) = 288, MLP 2·3·4·8·3 = 576,
+        // attention 2·2·(2·2)·(1 + 2 + 3) = 96; head 2·4·10 = 80.
+        assert_eq!(tiny(None).layer_flops(3, 0), 960.0);
+        assert_eq!(tiny(None).prefill_flops(3), 1040.0);
+        // A window of 2 caps the third query at 2 keys.
+        assert_eq!(tiny(Some(2)).layer_flops(3, 0), 944.0);
+        // One new position after 3 cached sees 4 keys.
+        assert_eq!(
+            tiny(None).layer_flops(1, 3),
+            2.0 * 4.0 * 12.0 + 2.0 * 4.0 * 24.0 + 16.0 * 4.0
+        );
     }
 }

@@ -108,6 +108,7 @@ pub struct Decoder {
     device: Device,
     max_scores_per_block: usize,
     fused_attention: bool,
+    prefill_chunk: Option<usize>,
     progress: Option<ProgressHook>,
 }
 
@@ -136,6 +137,7 @@ impl Decoder {
             device: device.clone(),
             max_scores_per_block: DEFAULT_MAX_SCORES_PER_BLOCK,
             fused_attention: true,
+            prefill_chunk: None,
             progress: None,
         }
     }
@@ -177,6 +179,13 @@ impl Decoder {
         self.fused_attention = fused;
     }
 
+    /// Prefill prompts in chunks of at most `tokens` positions through the KV cache (`None`,
+    /// the default: one chunk). Chunks bound the activations (the MLP's `positions × intermediate`
+    /// tensors above all) at the price of more, smaller matrix products; the logits are the same.
+    pub fn set_prefill_chunk(&mut self, tokens: Option<usize>) {
+        self.prefill_chunk = tokens.map(|t| t.max(1));
+    }
+
     /// Calls `hook` after every layer of every forward pass (`None` removes it).
     pub fn set_progress_hook(&mut self, hook: Option<ProgressHook>) {
         self.progress = hook;
@@ -197,6 +206,17 @@ impl Decoder {
     /// Runs `ids` (appended after what `cache` holds) through every layer and returns the
     /// logits of the last position, `[vocab]`.
     pub fn prefill(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor<1>> {
+        let chunk = self.prefill_chunk.unwrap_or(usize::MAX).max(1);
+        if ids.len() > chunk {
+            // Check the whole prompt first so a failure leaves the cache untouched.
+            self.check_ids(ids, cache.len())?;
+            cache.check_room(ids.len())?;
+            let mut logits = None;
+            for part in ids.chunks(chunk) {
+                logits = self.forward(part, Some(cache), StopAt::Logits, None)?;
+            }
+            return Ok(logits.expect("at least one chunk returns logits"));
+        }
         let logits = self.forward(ids, Some(cache), StopAt::Logits, None)?;
         Ok(logits.expect("a full forward returns logits"))
     }

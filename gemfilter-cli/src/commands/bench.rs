@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use std::time::Instant;
+
 use gemfilter_core::Decoder;
+use gemfilter_core::burn::tensor::{DType, Device, Distribution, Tensor};
 use gemfilter_core::{GemFilterSelector, GenerationConfig, Method, generate};
 use gemfilter_models::needle::{Haystack, Needle, SplitMix64, build_prompt};
 use gemfilter_models::{Architecture, Model, default_filter_layer, synthetic};
@@ -42,6 +45,13 @@ pub struct BenchArgs {
     /// Use the blocked attention with explicit masks instead of the backend's fused op.
     #[arg(long)]
     pub no_fused_attention: bool,
+    /// Also measure the device's matrix-product peak (GFLOP/s of square products in the compute
+    /// dtype) to compare the prefill's throughput with.
+    #[arg(long)]
+    pub matmul_peak: bool,
+    /// Prefill in chunks of at most this many tokens through the KV cache (bounds activations).
+    #[arg(long)]
+    pub prefill_chunk: Option<usize>,
     #[command(flatten)]
     pub compute: ComputeArgs,
     /// Print the results as one JSON object.
@@ -64,6 +74,10 @@ pub struct Row {
     pub ttft_s: f64,
     /// Decode speed after the first token.
     pub decode_tokens_per_s: f64,
+    /// Arithmetic throughput of the selection pass (GFLOP/s; GemFilter rows).
+    pub select_gflops: Option<f64>,
+    /// Arithmetic throughput of the prefill (GFLOP/s; over the kept tokens for GemFilter).
+    pub prefill_gflops: f64,
     /// Peak resident memory during the run (MiB).
     pub peak_rss_mib: Option<f64>,
     /// Device memory the allocator holds after the run (MiB; GPU backends).
@@ -107,6 +121,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut subject = subject;
     let decoder = subject.decoder_mut();
     decoder.set_fused_attention(!args.no_fused_attention);
+    decoder.set_prefill_chunk(args.prefill_chunk);
     decoder.set_progress_hook(None);
     let layer = args.filter_layer.unwrap_or(subject.default_layer());
     let max_positions = subject.decoder().config().max_position_embeddings;
@@ -118,6 +133,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let selector = GemFilterSelector::default();
     // No EOS: every run decodes the same number of tokens.
     let config = GenerationConfig::greedy(args.decode_tokens + 1, Vec::new());
+    let matmul_peak = args.matmul_peak.then(|| {
+        let gflops = matmul_peak_gflops(subject.decoder().device(), compute.dtype);
+        if !args.json {
+            println!(
+                "matrix-product peak: {gflops:.1} GFLOP/s ({:?})",
+                compute.dtype
+            );
+        }
+        gflops
+    });
     let mut rows: Vec<Row> = Vec::new();
     for &length in &args.lengths {
         let prompt = subject.prompt(length)?;
@@ -151,11 +176,26 @@ pub fn run(args: BenchArgs) -> Result<()> {
             if name == "full" {
                 full = Some((ttft, peak));
             }
+            let model_config = subject.decoder().config();
+            let select_gflops = out.selection.as_ref().map(|_| {
+                // Layers 0..r-1 in full; at r the key projection of every position.
+                let flops = layer as f64 * model_config.layer_flops(prompt.len(), 0)
+                    + 2.0
+                        * (prompt.len()
+                            * model_config.hidden_size
+                            * model_config.num_kv_heads
+                            * model_config.head_dim) as f64;
+                flops / t.select.as_secs_f64() / 1e9
+            });
+            let prefill_gflops =
+                model_config.prefill_flops(out.kept_tokens) / t.prefill.as_secs_f64() / 1e9;
             let row = Row {
                 tokens: prompt.len(),
                 method: name,
                 select_s: t.select.as_secs_f64(),
                 prefill_s: t.prefill.as_secs_f64(),
+                select_gflops,
+                prefill_gflops,
                 ttft_s: ttft,
                 decode_tokens_per_s: if decoded > 0 {
                     decoded as f64 / t.decode.as_secs_f64()
@@ -180,6 +220,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "backend": backend.name(),
             "filter_layer": layer,
             "fused_attention": !args.no_fused_attention,
+            "prefill_chunk": args.prefill_chunk,
+            "matmul_peak_gflops": matmul_peak,
             "rows": rows,
         });
         println!("{}", serde_json::to_string(&object)?);
@@ -190,11 +232,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
 fn print_row(row: &Row, header: bool) {
     if header {
         println!(
-            "{:>7} {:>16} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9}",
+            "{:>7} {:>16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9}",
             "tokens",
             "method",
             "select s",
+            "sel GF/s",
             "prefill s",
+            "pre GF/s",
             "ttft s",
             "decode t/s",
             "peak MiB",
@@ -204,17 +248,43 @@ fn print_row(row: &Row, header: bool) {
     }
     let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
     println!(
-        "{:>7} {:>16} {:>9.2} {:>9.2} {:>9.2} {:>10.1} {:>9} {:>9} {:>9}",
+        "{:>7} {:>16} {:>9.2} {:>9} {:>9.2} {:>9.1} {:>9.2} {:>10.1} {:>9} {:>9} {:>9}",
         row.tokens,
         row.method,
         row.select_s,
+        row.select_gflops.map_or("-".into(), |g| format!("{g:.1}")),
         row.prefill_s,
+        row.prefill_gflops,
         row.ttft_s,
         row.decode_tokens_per_s,
         row.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
         ratio(row.ttft_vs_full),
         ratio(row.memory_vs_full)
     );
+}
+
+/// GFLOP/s of square matrix products in `dtype` on `device`: the best of 5 timed runs per size,
+/// after a warm-up, each synchronised by reading a reduction of the product back.
+fn matmul_peak_gflops(device: &Device, dtype: DType) -> f64 {
+    let mut best = 0.0f64;
+    for size in [512usize, 1024, 2048] {
+        let matrix = || {
+            Tensor::<2>::random([size, size], Distribution::Normal(0.0, 1.0), device).cast(dtype)
+        };
+        let (a, b) = (matrix(), matrix());
+        let run = || {
+            let product = a.clone().matmul(b.clone());
+            let _ = product.sum().into_data();
+        };
+        run();
+        for _ in 0..5 {
+            let started = Instant::now();
+            run();
+            let seconds = started.elapsed().as_secs_f64();
+            best = best.max(2.0 * (size as f64).powi(3) / seconds / 1e9);
+        }
+    }
+    best
 }
 
 /// What is benchmarked: a loaded model, or a published shape with random weights.
