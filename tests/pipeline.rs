@@ -56,6 +56,66 @@ fn chunked_prefill_matches_one_chunk(device: &Device) {
     }
 }
 
+/// The selection pass in chunks hands the observer the probes of one pass: same keys at every
+/// observed layer, same last queries, same kept positions.
+fn chunked_selection_pass_matches_one_pass(device: &Device) {
+    struct All(Vec<Probe>);
+    impl LayerObserver for All {
+        fn wants(&self, _layer: usize) -> bool {
+            true
+        }
+        fn observe(&mut self, probe: Probe) {
+            self.0.push(probe);
+        }
+    }
+    for name in ["llama-gqa", "mistral-window"] {
+        let mut model = load(name, device);
+        let reference = reference(name);
+        let ids = reference.prompt_ids;
+        let gem = reference.gemfilter;
+        let stop = gem.filter_layer;
+        let mut whole = All(Vec::new());
+        model.decoder().observe(&ids, stop, 6, &mut whole).unwrap();
+        for chunk in [7, 40] {
+            model.decoder_mut().set_selection_chunk(Some(chunk));
+            let mut chunked = All(Vec::new());
+            model
+                .decoder()
+                .observe(&ids, stop, 6, &mut chunked)
+                .unwrap();
+            assert_eq!(chunked.0.len(), whole.0.len(), "{name}: observed layers");
+            for (a, b) in whole.0.iter().zip(&chunked.0) {
+                assert_eq!(a.layer, b.layer);
+                assert_eq!(a.keys.dims(), b.keys.dims());
+                assert_eq!(a.queries.dims(), b.queries.dims());
+                let keys = max_abs_diff(
+                    &host_values(a.keys.clone().reshape([-1])),
+                    &host_values(b.keys.clone().reshape([-1])),
+                );
+                let queries = max_abs_diff(
+                    &host_values(a.queries.clone().reshape([-1])),
+                    &host_values(b.queries.clone().reshape([-1])),
+                );
+                assert!(
+                    keys < 1e-4 && queries < 1e-4,
+                    "{name} chunk {chunk} layer {}: {keys} {queries}",
+                    a.layer
+                );
+            }
+            let selection = select_tokens(
+                model.decoder(),
+                &ids,
+                stop,
+                gem.top_k,
+                &GemFilterSelector::default(),
+            )
+            .unwrap();
+            assert_eq!(selection.positions, gem.positions, "{name} chunk {chunk}");
+            model.decoder_mut().set_selection_chunk(None);
+        }
+    }
+}
+
 /// Prefill of a prefix followed by cached single-token steps gives, at every step, the logits
 /// of a fresh forward over the same tokens.
 fn cached_decoding_matches_recomputation(device: &Device) {
@@ -381,6 +441,7 @@ fn composed_selectors_run_through_the_pipeline(device: &Device) {
 
 on_every_backend!(
     chunked_prefill_matches_one_chunk,
+    chunked_selection_pass_matches_one_pass,
     composed_selectors_run_through_the_pipeline,
     blocked_attention_matches_unblocked,
     cached_decoding_matches_recomputation,

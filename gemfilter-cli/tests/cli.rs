@@ -515,6 +515,8 @@ fn bench_reports_ratios() {
         "2",
         "--prefill-chunk",
         "64",
+        "--selection-chunk",
+        "100",
         "--matmul-peak",
         "--json",
     ]);
@@ -538,6 +540,7 @@ fn bench_reports_ratios() {
     );
     assert!(json["matmul_peak_gflops"].as_f64().unwrap() > 0.0);
     assert_eq!(json["prefill_chunk"], 64);
+    assert_eq!(json["selection_chunk"], 100);
 }
 
 #[test]

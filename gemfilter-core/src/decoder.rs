@@ -109,6 +109,7 @@ pub struct Decoder {
     max_scores_per_block: usize,
     fused_attention: bool,
     prefill_chunk: Option<usize>,
+    selection_chunk: Option<usize>,
     progress: Option<ProgressHook>,
 }
 
@@ -138,6 +139,7 @@ impl Decoder {
             max_scores_per_block: DEFAULT_MAX_SCORES_PER_BLOCK,
             fused_attention: true,
             prefill_chunk: None,
+            selection_chunk: None,
             progress: None,
         }
     }
@@ -180,10 +182,19 @@ impl Decoder {
     }
 
     /// Prefill prompts in chunks of at most `tokens` positions through the KV cache (`None`,
-    /// the default: one chunk). Chunks bound the activations (the MLP's `positions × intermediate`
-    /// tensors above all) at the price of more, smaller matrix products; the logits are the same.
+    /// the default: one chunk). Chunks bound the activations (the MLP's `positions ×
+    /// intermediate` tensors above all) at the price of more, smaller matrix products; the logits
+    /// are the same.
     pub fn set_prefill_chunk(&mut self, tokens: Option<usize>) {
         self.prefill_chunk = tokens.map(|t| t.max(1));
+    }
+
+    /// Run the selection pass ([`observe`](Self::observe), [`probe`](Self::probe)) in chunks of at
+    /// most `tokens` positions (`None`, the default: one pass). It needs a temporary KV cache for
+    /// the layers below the filter layer, so it only lowers peak memory when the activations it
+    /// bounds outweigh that cache (wide MLPs, long prompts); the probes are the same.
+    pub fn set_selection_chunk(&mut self, tokens: Option<usize>) {
+        self.selection_chunk = tokens.map(|t| t.max(1));
     }
 
     /// Calls `hook` after every layer of every forward pass (`None` removes it).
@@ -308,12 +319,100 @@ impl Decoder {
                 "the probe's query window must hold at least one position".into(),
             ));
         }
-        self.forward(
-            ids,
-            None,
-            StopAt::Probe(stop_layer),
-            Some((observer, query_window)),
-        )?;
+        let chunk = self.selection_chunk.unwrap_or(usize::MAX).max(query_window);
+        if ids.len() <= chunk {
+            self.forward(
+                ids,
+                None,
+                StopAt::Probe(stop_layer),
+                Some((observer, query_window)),
+            )?;
+            return Ok(());
+        }
+        self.observe_chunked(ids, stop_layer, query_window, chunk, observer)
+    }
+
+    /// The selection pass in chunks (see [`set_selection_chunk`](Self::set_selection_chunk)): layers
+    /// `0..stop_layer` run chunk by chunk through a temporary cache, the keys of every observed
+    /// layer are gathered across chunks, and the queries come from the last chunk, which holds at
+    /// least `query_window` positions. The observer then sees the probes one pass would give.
+    fn observe_chunked(
+        &self,
+        ids: &[u32],
+        stop_layer: usize,
+        query_window: usize,
+        chunk: usize,
+        observer: &mut dyn LayerObserver,
+    ) -> Result<()> {
+        self.check_ids(ids, 0)?;
+        struct Gather<'a> {
+            inner: &'a dyn LayerObserver,
+            keys: Vec<(usize, Vec<Tensor<3>>)>,
+            queries: Vec<(usize, Tensor<3>)>,
+        }
+        impl LayerObserver for Gather<'_> {
+            fn wants(&self, layer: usize) -> bool {
+                self.inner.wants(layer)
+            }
+            fn observe(&mut self, probe: Probe) {
+                match self.keys.iter_mut().find(|(l, _)| *l == probe.layer) {
+                    Some((_, keys)) => keys.push(probe.keys),
+                    None => self.keys.push((probe.layer, vec![probe.keys])),
+                }
+                self.queries.retain(|(l, _)| *l != probe.layer);
+                self.queries.push((probe.layer, probe.queries));
+            }
+        }
+        // Chunk boundaries, the last chunk at least `query_window` long.
+        let mut bounds: Vec<(usize, usize)> = Vec::new();
+        let mut start = 0;
+        while start < ids.len() {
+            let mut end = (start + chunk).min(ids.len());
+            if ids.len() - end < query_window && end < ids.len() {
+                end = ids.len();
+            }
+            bounds.push((start, end));
+            start = end;
+        }
+        let mut cache = KvCache::new(
+            stop_layer,
+            self.config.num_kv_heads,
+            self.config.head_dim,
+            ids.len(),
+            self.dtype(),
+            &self.device,
+        );
+        let mut gather = Gather {
+            inner: &*observer,
+            keys: Vec::new(),
+            queries: Vec::new(),
+        };
+        for &(start, end) in &bounds {
+            let window = query_window.min(end - start);
+            self.forward(
+                &ids[start..end],
+                Some(&mut cache),
+                StopAt::Probe(stop_layer),
+                Some((&mut gather, window)),
+            )?;
+            cache.advance(end - start);
+        }
+        let Gather { keys, queries, .. } = gather;
+        let mut probes: Vec<Probe> = keys
+            .into_iter()
+            .map(|(layer, parts)| {
+                let queries = queries
+                    .iter()
+                    .find(|(l, _)| *l == layer)
+                    .map(|(_, q)| q.clone())
+                    .expect("every observed layer has queries");
+                Probe::new(layer, queries, Tensor::cat(parts, 1))
+            })
+            .collect();
+        probes.sort_by_key(|p| p.layer);
+        for probe in probes {
+            observer.observe(probe);
+        }
         Ok(())
     }
 

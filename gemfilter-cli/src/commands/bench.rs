@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// Prefill in chunks of at most this many tokens through the KV cache (bounds activations).
     #[arg(long)]
     pub prefill_chunk: Option<usize>,
+    /// Run the selection pass in chunks of at most this many tokens (bounds activations, adds a
+    /// temporary cache for the layers below the filter layer).
+    #[arg(long)]
+    pub selection_chunk: Option<usize>,
     #[command(flatten)]
     pub compute: ComputeArgs,
     /// Print the results as one JSON object.
@@ -122,6 +126,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let decoder = subject.decoder_mut();
     decoder.set_fused_attention(!args.no_fused_attention);
     decoder.set_prefill_chunk(args.prefill_chunk);
+    decoder.set_selection_chunk(args.selection_chunk);
     decoder.set_progress_hook(None);
     let layer = args.filter_layer.unwrap_or(subject.default_layer());
     let max_positions = subject.decoder().config().max_position_embeddings;
@@ -221,6 +226,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "filter_layer": layer,
             "fused_attention": !args.no_fused_attention,
             "prefill_chunk": args.prefill_chunk,
+            "selection_chunk": args.selection_chunk,
             "matmul_peak_gflops": matmul_peak,
             "rows": rows,
         });
