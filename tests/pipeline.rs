@@ -11,6 +11,18 @@ use gemfilter_tests::{
     Device, fixture_dir, host_values, max_abs_diff, on_every_backend, reference,
 };
 
+/// Keeps the probe of every layer a pass goes through.
+struct All(Vec<Probe>);
+
+impl LayerObserver for All {
+    fn wants(&self, _layer: usize) -> bool {
+        true
+    }
+    fn observe(&mut self, probe: Probe) {
+        self.0.push(probe);
+    }
+}
+
 fn load(name: &str, device: &Device) -> Model {
     Model::load(fixture_dir(name), device).expect("fixture loads")
 }
@@ -59,15 +71,6 @@ fn chunked_prefill_matches_one_chunk(device: &Device) {
 /// The selection pass in chunks hands the observer the probes of one pass: same keys at every
 /// observed layer, same last queries, same kept positions.
 fn chunked_selection_pass_matches_one_pass(device: &Device) {
-    struct All(Vec<Probe>);
-    impl LayerObserver for All {
-        fn wants(&self, _layer: usize) -> bool {
-            true
-        }
-        fn observe(&mut self, probe: Probe) {
-            self.0.push(probe);
-        }
-    }
     for name in ["llama-gqa", "mistral-window"] {
         let mut model = load(name, device);
         let reference = reference(name);
@@ -143,15 +146,6 @@ fn cached_decoding_matches_recomputation(device: &Device) {
 
 /// The early-exit probe at layer r equals what a pass observing every layer sees at r.
 fn early_exit_probe_matches_observed_layer(device: &Device) {
-    struct All(Vec<Probe>);
-    impl LayerObserver for All {
-        fn wants(&self, _layer: usize) -> bool {
-            true
-        }
-        fn observe(&mut self, probe: Probe) {
-            self.0.push(probe);
-        }
-    }
     let model = load("llama-gqa", device);
     let ids = reference("llama-gqa").prompt_ids;
     let decoder = model.decoder();

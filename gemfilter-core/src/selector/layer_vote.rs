@@ -1,6 +1,6 @@
 //! Combining the scores of several layers captured in the same selection pass.
 
-use super::{Selection, TokenSelector, top_k_ascending};
+use super::{Selection, TokenSelector, ranked_positions, top_k_ascending};
 use crate::error::{CoreError, Result};
 use crate::probe::Probe;
 
@@ -102,15 +102,8 @@ impl<S: TokenSelector> TokenSelector for LayerVoteSelector<S> {
             }
             match self.rule {
                 VoteRule::RankSum => {
-                    // Rank 0 = best; ties share the order of top_k_ascending (earlier first).
-                    let mut order: Vec<usize> = (0..n).collect();
-                    order.sort_by(|&a, &b| {
-                        scores[b]
-                            .partial_cmp(&scores[a])
-                            .unwrap_or(std::cmp::Ordering::Equal)
-                            .then(a.cmp(&b))
-                    });
-                    for (rank, &position) in order.iter().enumerate() {
+                    // Rank 0 = best, in top_k_ascending's order (ties: earlier first; NaN last).
+                    for (rank, &position) in ranked_positions(&scores).iter().enumerate() {
                         combined[position] -= rank as f32;
                     }
                 }

@@ -195,12 +195,9 @@ pub fn avg_pool1d_same(values: &[f32], kernel: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Indices of the `min(k, n)` largest values, returned in ascending index order. Ties rank the
-/// earlier position first; NaN ranks last.
-pub fn top_k_ascending(values: &[f32], k: usize) -> Vec<usize> {
-    let k = k.min(values.len());
-    let mut order: Vec<usize> = (0..values.len()).collect();
-    let by_score_desc = |&a: &usize, &b: &usize| {
+/// Orders positions best first: larger value first, ties to the earlier position, NaN last.
+fn best_first(values: &[f32]) -> impl Fn(&usize, &usize) -> std::cmp::Ordering + '_ {
+    move |&a, &b| {
         let (x, y) = (values[a], values[b]);
         match (x.is_nan(), y.is_nan()) {
             (true, true) => a.cmp(&b),
@@ -208,9 +205,23 @@ pub fn top_k_ascending(values: &[f32], k: usize) -> Vec<usize> {
             (false, true) => std::cmp::Ordering::Less,
             (false, false) => y.partial_cmp(&x).expect("not NaN").then(a.cmp(&b)),
         }
-    };
+    }
+}
+
+/// Every position, best first (see [`top_k_ascending`] for the order).
+pub fn ranked_positions(values: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(best_first(values));
+    order
+}
+
+/// Indices of the `min(k, n)` largest values, returned in ascending index order. Ties rank the
+/// earlier position first; NaN ranks last.
+pub fn top_k_ascending(values: &[f32], k: usize) -> Vec<usize> {
+    let k = k.min(values.len());
+    let mut order: Vec<usize> = (0..values.len()).collect();
     if k < order.len() {
-        order.select_nth_unstable_by(k, by_score_desc);
+        order.select_nth_unstable_by(k, best_first(values));
         order.truncate(k);
     }
     order.sort_unstable();

@@ -1,6 +1,6 @@
 //! Turning kept positions into whole spans so the kept text reads as passages.
 
-use super::{Selection, TokenSelector};
+use super::{Selection, TokenSelector, ranked_positions};
 use crate::error::{CoreError, Result};
 use crate::probe::Probe;
 
@@ -131,17 +131,7 @@ impl<S: TokenSelector> SpanSelector<S> {
         }
         let n = scores.len();
         let budget = budget.min(n);
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&a, &b| {
-            let (x, y) = (scores[a], scores[b]);
-            match (x.is_nan(), y.is_nan()) {
-                (true, true) => a.cmp(&b),
-                (true, false) => std::cmp::Ordering::Greater,
-                (false, true) => std::cmp::Ordering::Less,
-                (false, false) => y.partial_cmp(&x).expect("not NaN").then(a.cmp(&b)),
-            }
-        });
-        self.grow(order, n, budget)
+        self.grow(ranked_positions(scores), n, budget)
     }
 
     /// Adds the span around each anchor in turn (anchors already kept are skipped) until
