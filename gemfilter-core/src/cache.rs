@@ -6,12 +6,16 @@ use crate::error::{CoreError, Result};
 
 /// Per-layer keys and values of the positions processed so far.
 ///
-/// Storage for `capacity` positions is allocated once per layer (on first use) and filled in
-/// place; attention reads the filled prefix.
+/// Storage for `capacity` entries is allocated once per layer (on first use) and filled in
+/// place; attention reads the filled prefix. A cache compressed by a
+/// [`KvCompressor`](crate::compress::KvCompressor) holds fewer entries than positions seen:
+/// [`len`](Self::len) counts entries, [`position`](Self::position) the tokens processed, which
+/// is where the next token's rotary position starts.
 #[derive(Debug)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
     len: usize,
+    position: usize,
     capacity: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -20,7 +24,7 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// An empty cache for `num_layers` layers holding up to `capacity` positions.
+    /// An empty cache for `num_layers` layers holding up to `capacity` entries.
     pub fn new(
         num_layers: usize,
         num_kv_heads: usize,
@@ -32,6 +36,7 @@ impl KvCache {
         Self {
             layers: (0..num_layers).map(|_| None).collect(),
             len: 0,
+            position: 0,
             capacity,
             num_kv_heads,
             head_dim,
@@ -40,7 +45,7 @@ impl KvCache {
         }
     }
 
-    /// Positions held.
+    /// Entries held per layer and head (equal to [`position`](Self::position) unless compressed).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -50,12 +55,28 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Positions the cache can hold.
+    /// Tokens processed so far: the rotary position of the next token.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// Entries the cache can hold.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
-    /// Fails unless `additional` more positions fit.
+    /// Key/value heads stored per layer: the model's KV heads, or its query heads after a
+    /// compression that kept positions per query head.
+    pub fn stored_heads(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(keys, _)| keys.dims()[1])
+            .next()
+            .unwrap_or(self.num_kv_heads)
+    }
+
+    /// Fails unless `additional` more entries fit.
     pub fn check_room(&self, additional: usize) -> Result<()> {
         if self.len + additional > self.capacity {
             return Err(CoreError::CacheFull {
@@ -66,9 +87,18 @@ impl KvCache {
         Ok(())
     }
 
+    fn storage(&self, heads: usize) -> (Tensor<4>, Tensor<4>) {
+        let shape = [1, heads, self.capacity, self.head_dim];
+        let zeros = || Tensor::<4>::zeros(shape, &self.device).cast(self.dtype);
+        (zeros(), zeros())
+    }
+
     /// Writes `keys`/`values` (`[1, kv_heads, n, head_dim]`) of `layer` after the cached
-    /// positions and returns all keys and values of that layer including the new ones.
-    /// The cache length advances only with [`KvCache::advance`], once every layer is written.
+    /// entries and returns all keys and values of that layer including the new ones.
+    /// When the layer stores one entry set per query head (see
+    /// [`HeadSharing::PerQueryHead`](crate::compress::HeadSharing)), the new keys and values are
+    /// repeated to match. The cache length advances only with [`KvCache::advance`], once every
+    /// layer is written.
     pub fn append(
         &mut self,
         layer: usize,
@@ -78,12 +108,23 @@ impl KvCache {
         let [batch, heads, n, dim] = keys.dims();
         self.check_room(n)?;
         let end = self.len + n;
-        let (stored_keys, stored_values) = self.layers[layer].take().unwrap_or_else(|| {
-            let shape = [batch, self.num_kv_heads, self.capacity, self.head_dim];
-            let zeros = || Tensor::<4>::zeros(shape, &self.device).cast(self.dtype);
-            (zeros(), zeros())
-        });
-        let range = [0..batch, 0..heads, self.len..end, 0..dim];
+        let (stored_keys, stored_values) = match self.layers[layer].take() {
+            Some(stored) => stored,
+            None => self.storage(heads),
+        };
+        let stored_heads = stored_keys.dims()[1];
+        let (keys, values) = if stored_heads != heads {
+            let groups = stored_heads / heads;
+            let repeat = |t: Tensor<4>| {
+                t.unsqueeze_dim::<5>(2)
+                    .expand([batch, heads, groups, n, dim])
+                    .reshape([batch, stored_heads, n, dim])
+            };
+            (repeat(keys), repeat(values))
+        } else {
+            (keys, values)
+        };
+        let range = [0..batch, 0..stored_heads, self.len..end, 0..dim];
         let stored_keys = stored_keys.slice_assign(range.clone(), keys);
         let stored_values = stored_values.slice_assign(range, values);
         let visible = (
@@ -94,8 +135,41 @@ impl KvCache {
         Ok(visible)
     }
 
+    /// Stores the compressed keys/values (`[1, heads, entries, head_dim]`) of `layer` into an
+    /// empty cache. Every layer must store the same number of entries; the cache then holds
+    /// `entries` entries for `positions` tokens after [`finish_compression`](Self::finish_compression).
+    pub fn store_compressed(
+        &mut self,
+        layer: usize,
+        keys: Tensor<4>,
+        values: Tensor<4>,
+    ) -> Result<()> {
+        let [batch, heads, entries, dim] = keys.dims();
+        if !self.is_empty() {
+            return Err(CoreError::InvalidParameter(
+                "a compressed prompt must start from an empty KV cache".into(),
+            ));
+        }
+        self.check_room(entries)?;
+        let (stored_keys, stored_values) = self.storage(heads);
+        let range = [0..batch, 0..heads, 0..entries, 0..dim];
+        self.layers[layer] = Some((
+            stored_keys.slice_assign(range.clone(), keys),
+            stored_values.slice_assign(range, values),
+        ));
+        Ok(())
+    }
+
+    /// Marks the compressed prompt as cached: `entries` entries per layer standing for
+    /// `positions` tokens.
+    pub fn finish_compression(&mut self, entries: usize, positions: usize) {
+        self.len = entries;
+        self.position = positions;
+    }
+
     /// Marks `n` appended positions as cached.
     pub fn advance(&mut self, n: usize) {
         self.len += n;
+        self.position += n;
     }
 }

@@ -5,6 +5,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::cache::KvCache;
+use crate::compress::{CompressionOutcome, KvCompressor, LayerState, gather_kept, kept_positions};
 use crate::config::DecoderConfig;
 use crate::error::{CoreError, Result};
 use crate::nn::{AttentionSpan, DecoderLayer, RmsNorm, RotaryEmbedding};
@@ -220,16 +221,59 @@ impl Decoder {
         let chunk = self.prefill_chunk.unwrap_or(usize::MAX).max(1);
         if ids.len() > chunk {
             // Check the whole prompt first so a failure leaves the cache untouched.
-            self.check_ids(ids, cache.len())?;
+            self.check_ids(ids, cache.position())?;
             cache.check_room(ids.len())?;
             let mut logits = None;
             for part in ids.chunks(chunk) {
-                logits = self.forward(part, Some(cache), StopAt::Logits, None)?;
+                logits = self.forward(part, Some(cache), StopAt::Logits, None, None)?;
             }
             return Ok(logits.expect("at least one chunk returns logits"));
         }
-        let logits = self.forward(ids, Some(cache), StopAt::Logits, None)?;
+        let logits = self.forward(ids, Some(cache), StopAt::Logits, None, None)?;
         Ok(logits.expect("a full forward returns logits"))
+    }
+
+    /// Runs the whole prompt `ids` through every layer with standard attention into an empty
+    /// `cache`, storing per layer only the entries `compressor` keeps (SnapKV, H2O). Returns the
+    /// last position's logits and what was kept. Later tokens continue at rotary position
+    /// `ids.len()`. The prompt runs in one pass (the scores need every key at once), whatever
+    /// [`set_prefill_chunk`](Self::set_prefill_chunk) says. Sliding-window models are refused
+    /// when the prompt exceeds the window: kept entries no longer sit at contiguous positions.
+    pub fn prefill_compressed(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        compressor: &dyn KvCompressor,
+    ) -> Result<(Tensor<1>, CompressionOutcome)> {
+        compressor.validate()?;
+        if !cache.is_empty() {
+            return Err(CoreError::InvalidParameter(
+                "KV compression starts from an empty cache (a fresh prompt)".into(),
+            ));
+        }
+        if let Some(window) = self.config.sliding_window
+            && ids.len() > window
+        {
+            return Err(CoreError::InvalidParameter(format!(
+                "{} cannot compress a {}-token prompt on a model with a {window}-token sliding window",
+                compressor.name(),
+                ids.len()
+            )));
+        }
+        let mut outcome = CompressionOutcome {
+            prompt_positions: ids.len(),
+            entries: ids.len().min(compressor.budget()),
+            heads: 0,
+            kept: Vec::new(),
+        };
+        let logits = self.forward(
+            ids,
+            Some(cache),
+            StopAt::Logits,
+            None,
+            Some((compressor, &mut outcome)),
+        )?;
+        Ok((logits.expect("a full forward returns logits"), outcome))
     }
 
     /// Feeds one token through the cached decoder and returns the next-token logits.
@@ -239,7 +283,7 @@ impl Decoder {
 
     /// Logits of the last position of `ids` without keeping a cache.
     pub fn last_logits(&self, ids: &[u32]) -> Result<Tensor<1>> {
-        let logits = self.forward(ids, None, StopAt::Logits, None)?;
+        let logits = self.forward(ids, None, StopAt::Logits, None, None)?;
         Ok(logits.expect("a full forward returns logits"))
     }
 
@@ -326,6 +370,7 @@ impl Decoder {
                 None,
                 StopAt::Probe(stop_layer),
                 Some((observer, query_window)),
+                None,
             )?;
             return Ok(());
         }
@@ -394,6 +439,7 @@ impl Decoder {
                 Some(&mut cache),
                 StopAt::Probe(stop_layer),
                 Some((&mut gather, window)),
+                None,
             )?;
             cache.advance(end - start);
         }
@@ -445,11 +491,15 @@ impl Decoder {
         mut cache: Option<&mut KvCache>,
         stop: StopAt,
         mut observer: Option<(&mut dyn LayerObserver, usize)>,
+        mut compression: Option<(&dyn KvCompressor, &mut CompressionOutcome)>,
     ) -> Result<Option<Tensor<1>>> {
-        let start = cache.as_ref().map_or(0, |c| c.len());
+        let start = cache.as_ref().map_or(0, |c| c.position());
         self.check_ids(ids, start)?;
         if let Some(cache) = cache.as_ref() {
-            cache.check_room(ids.len())?;
+            let entries = compression
+                .as_ref()
+                .map_or(ids.len(), |(_, outcome)| outcome.entries);
+            cache.check_room(entries)?;
         }
         let n = ids.len();
         let dtype = self.dtype();
@@ -497,27 +547,71 @@ impl Decoder {
 
             let queries = attention.queries(normed.clone(), &rope);
             let values = attention.values(normed);
-            let (keys, values, key_start) = match cache.as_mut() {
-                Some(cache) => {
-                    let (keys, values) = cache.append(index, keys, values)?;
-                    (keys, values, 0)
-                }
-                None => (keys, values, start),
-            };
             let span = AttentionSpan {
                 query_start: start,
-                key_start,
+                key_start: start,
                 window: self.config.sliding_window,
                 max_scores_per_block: self.max_scores_per_block,
                 fused: self.fused_attention,
             };
-            hidden = hidden + attention.attend(queries, keys, values, span);
+            if let Some((compressor, outcome)) = compression.as_mut() {
+                let cache = cache.as_mut().expect("compression writes into a cache");
+                let (output, column_sums) = if compressor.needs_column_sums() {
+                    let (output, sums) = attention.attend_with_column_sums(
+                        queries.clone(),
+                        keys.clone(),
+                        values.clone(),
+                        span,
+                    );
+                    (output, Some(sums))
+                } else {
+                    let output =
+                        attention.attend(queries.clone(), keys.clone(), values.clone(), span);
+                    (output, None)
+                };
+                hidden = hidden + output;
+                if n > compressor.budget() {
+                    let scores = compressor.scores(&LayerState {
+                        layer: index,
+                        queries: &queries,
+                        keys: &keys,
+                        column_sums: column_sums.as_ref(),
+                    })?;
+                    let kept = kept_positions(&scores, n, compressor.budget(), compressor.recent());
+                    cache.store_compressed(
+                        index,
+                        gather_kept(keys, &kept),
+                        gather_kept(values, &kept),
+                    )?;
+                    outcome.heads = kept.len();
+                    outcome.kept.push(kept);
+                } else {
+                    outcome.heads = keys.dims()[1];
+                    cache.store_compressed(index, keys, values)?;
+                }
+            } else {
+                let (keys, values, key_start) = match cache.as_mut() {
+                    // Cached entries stand for the positions just before `start` (a compressed
+                    // cache holds fewer entries than positions; every entry stays visible).
+                    Some(cache) => {
+                        let key_start = start - cache.len();
+                        let (keys, values) = cache.append(index, keys, values)?;
+                        (keys, values, key_start)
+                    }
+                    None => (keys, values, start),
+                };
+                let span = AttentionSpan { key_start, ..span };
+                hidden = hidden + attention.attend(queries, keys, values, span);
+            }
             let mlp_in = layer.post_attention_layernorm.forward(hidden.clone());
             hidden = hidden + layer.mlp.forward(mlp_in);
             report(index + 1);
         }
         if let Some(cache) = cache {
-            cache.advance(n);
+            match &compression {
+                Some((_, outcome)) => cache.finish_compression(outcome.entries, n),
+                None => cache.advance(n),
+            }
         }
 
         let last = self.weights.norm.forward(hidden.narrow(1, n - 1, 1));

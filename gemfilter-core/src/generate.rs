@@ -6,6 +6,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::compress::{CompressionOutcome, KvCompressor};
 use crate::decoder::Decoder;
 use crate::error::{CoreError, Result};
 use crate::selector::{Selection, TokenSelector};
@@ -45,6 +46,9 @@ pub enum Method<'a> {
     /// Answer from the positions of a selection made beforehand (e.g. several selectors scored
     /// from one shared pass): the prompt is reduced to them and rerun, as GemFilter does.
     Preselected(&'a Selection),
+    /// A KV-compression baseline (SnapKV, H2O): full prefill over the whole prompt, then the
+    /// cache keeps `budget` entries per layer and head; decoding continues on it.
+    KvCompressed(&'a dyn KvCompressor),
 }
 
 impl std::fmt::Debug for Method<'_> {
@@ -64,6 +68,11 @@ impl std::fmt::Debug for Method<'_> {
             Method::Preselected(selection) => f
                 .debug_tuple("Preselected")
                 .field(&selection.positions.len())
+                .finish(),
+            Method::KvCompressed(compressor) => f
+                .debug_struct("KvCompressed")
+                .field("method", &compressor.name())
+                .field("budget", &compressor.budget())
                 .finish(),
         }
     }
@@ -151,6 +160,8 @@ pub struct Generation {
     pub kept_tokens: usize,
     /// The selection, in GemFilter mode.
     pub selection: Option<Selection>,
+    /// The positions each layer and head kept, for a KV-compression method.
+    pub compression: Option<CompressionOutcome>,
     /// Why decoding stopped.
     pub finish_reason: FinishReason,
     /// Per-phase wall time.
@@ -210,7 +221,7 @@ pub fn generate(
 
     let started = Instant::now();
     let (reduced, selection) = match method {
-        Method::Full => (prompt.to_vec(), None),
+        Method::Full | Method::KvCompressed(_) => (prompt.to_vec(), None),
         Method::GemFilter {
             filter_layer,
             top_k,
@@ -230,9 +241,32 @@ pub fn generate(
     timings.select = started.elapsed();
 
     let started = Instant::now();
-    let capacity = (reduced.len() + config.max_new_tokens).min(max_positions);
-    let mut cache = decoder.new_cache(capacity);
-    let logits = decoder.prefill(&reduced, &mut cache)?;
+    let (mut cache, logits, compression) = match method {
+        Method::KvCompressed(compressor) => {
+            compressor.validate()?;
+            if let Some(window) = decoder.config().sliding_window
+                && reduced.len() + config.max_new_tokens > window
+                && reduced.len() > compressor.budget()
+            {
+                return Err(CoreError::InvalidParameter(format!(
+                    "{} keeps non-contiguous positions, which a {window}-token sliding window \
+                     cannot mask; prompt plus new tokens ({}) exceed the window",
+                    compressor.name(),
+                    reduced.len() + config.max_new_tokens
+                )));
+            }
+            let entries = reduced.len().min(compressor.budget());
+            let mut cache = decoder.new_cache(entries + config.max_new_tokens);
+            let (logits, outcome) = decoder.prefill_compressed(&reduced, &mut cache, compressor)?;
+            (cache, logits, Some(outcome))
+        }
+        _ => {
+            let capacity = (reduced.len() + config.max_new_tokens).min(max_positions);
+            let mut cache = decoder.new_cache(capacity);
+            let logits = decoder.prefill(&reduced, &mut cache)?;
+            (cache, logits, None)
+        }
+    };
     let mut sampler = Sampler::new(config.sampling);
     let mut next = sampler.sample(logits)?;
     timings.prefill = started.elapsed();
@@ -250,7 +284,7 @@ pub fn generate(
         if tokens.len() >= config.max_new_tokens {
             break FinishReason::MaxNewTokens;
         }
-        if cache.len() >= capacity {
+        if cache.len() >= cache.capacity() || cache.position() >= max_positions {
             break FinishReason::ContextFull;
         }
         let logits = decoder.decode_step(next, &mut cache)?;
@@ -263,6 +297,7 @@ pub fn generate(
         input_tokens: prompt.len(),
         kept_tokens: reduced.len(),
         selection,
+        compression,
         finish_reason,
         timings,
     })

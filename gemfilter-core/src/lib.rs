@@ -10,11 +10,15 @@
 //! ids[positions] ──Decoder::prefill──▶ KV cache + logits ──decode loop──▶ answer ids
 //! ```
 //!
+//! The baselines of the paper's comparison, SnapKV and H2O, compress the KV cache after a full
+//! prefill instead ([`compress`], [`Method::KvCompressed`]); they share the decode loop.
+//!
 //! Tensors carry no backend type: the [`burn::tensor::Device`] the weights live on decides
 //! where everything runs (flex or ndarray on the CPU, wgpu, CUDA), and nothing in this crate
 //! branches on it. File formats, tokenizers and model names live in `gemfilter-models`.
 
 pub mod cache;
+pub mod compress;
 pub mod config;
 pub mod decoder;
 pub mod error;
@@ -25,6 +29,7 @@ pub mod probe;
 pub mod selector;
 
 pub use cache::KvCache;
+pub use compress::{CompressionOutcome, H2o, HeadSharing, KvCompressor, Pooling, SnapKv};
 pub use config::{Activation, DecoderConfig, RopeConfig, RopeScaling};
 pub use decoder::{Decoder, DecoderWeights, ForwardProgress, ProgressHook};
 pub use error::{CoreError, Result};

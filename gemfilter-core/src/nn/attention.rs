@@ -105,6 +105,27 @@ impl Attention {
             .reshape([batch, positions, heads * head_dim]);
         self.o_proj.forward(merged)
     }
+
+    /// [`attend`](Self::attend) that also returns, for every query head and key, the attention
+    /// probability summed over all queries (`[batch, heads, keys]`): H2O's accumulated
+    /// attention. It runs the blocked path, since fused kernels never expose the probabilities.
+    pub fn attend_with_column_sums(
+        &self,
+        queries: Tensor<4>,
+        keys: Tensor<4>,
+        values: Tensor<4>,
+        span: AttentionSpan,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let (context, sums) = blocked_attention_impl(queries, keys, values, span, true);
+        let [batch, heads, positions, head_dim] = context.dims();
+        let merged = context
+            .swap_dims(1, 2)
+            .reshape([batch, positions, heads * head_dim]);
+        (
+            self.o_proj.forward(merged),
+            sums.expect("column sums requested"),
+        )
+    }
 }
 
 /// `[batch, positions, heads * head_dim]` → `[batch, heads, positions, head_dim]`.
@@ -214,6 +235,17 @@ fn blocked_attention(
     values: Tensor<4>,
     span: AttentionSpan,
 ) -> Tensor<4> {
+    blocked_attention_impl(queries, keys, values, span, false).0
+}
+
+/// The blocked path, optionally summing each key's probabilities over all queries.
+fn blocked_attention_impl(
+    queries: Tensor<4>,
+    keys: Tensor<4>,
+    values: Tensor<4>,
+    span: AttentionSpan,
+    column_sums: bool,
+) -> (Tensor<4>, Option<Tensor<3>>) {
     let [batch, heads, num_queries, head_dim] = queries.dims();
     let [_, kv_heads, num_keys, _] = keys.dims();
     let groups = heads / kv_heads;
@@ -224,6 +256,8 @@ fn blocked_attention(
     let rows_per_block =
         (span.max_scores_per_block / (heads * num_keys).max(1)).clamp(1, num_queries);
     let mut outputs = Vec::with_capacity(num_queries.div_ceil(rows_per_block));
+    let mut sums =
+        column_sums.then(|| Tensor::<3>::zeros([batch, heads, num_keys], &device).cast(DType::F32));
     let mut first = 0;
     while first < num_queries {
         let rows = rows_per_block.min(num_queries - first);
@@ -267,19 +301,30 @@ fn blocked_attention(
             }
             None => scores,
         };
-        let probabilities = softmax(scores.cast(DType::F32), 4).cast(dtype);
+        let probabilities = softmax(scores.cast(DType::F32), 4);
+        if let Some(total) = sums.take() {
+            let block = probabilities
+                .clone()
+                .sum_dim(3)
+                .reshape([batch, heads, visible]);
+            let range = [0..batch, 0..heads, key_lo..key_hi];
+            let updated = total.clone().slice(range.clone()) + block;
+            sums = Some(total.slice_assign(range, updated));
+        }
         let context = probabilities
+            .cast(dtype)
             .reshape([batch, kv_heads, groups * rows, visible])
             .matmul(v)
             .reshape([batch, heads, rows, head_dim]);
         outputs.push(context);
         first += rows;
     }
-    if outputs.len() == 1 {
+    let context = if outputs.len() == 1 {
         outputs.pop().expect("one block")
     } else {
         Tensor::cat(outputs, 2)
-    }
+    };
+    (context, sums)
 }
 
 /// True where a query (rows, absolute positions `query_start..`) may not see a key (columns,
