@@ -39,8 +39,8 @@ fn score_colour(score: f64) -> RGBColor {
     RGBColor((230.0 * (1.0 - s)) as u8 + 20, (190.0 * s) as u8 + 40, 60)
 }
 
-/// Writes one panel per method and selector (answer correctness) plus one per selecting
-/// variant (needle recall) into an SVG.
+/// Writes one panel per method and selector (answer correctness) plus one per method that drops
+/// tokens or cache entries (needle recall) into an SVG.
 pub fn needle_heatmaps(
     path: &Path,
     cells: &[Cell],
@@ -51,7 +51,7 @@ pub fn needle_heatmaps(
     let mut panels: Vec<(&Variant, Score)> = Vec::new();
     for variant in variants {
         panels.push((variant, Score::Correct));
-        if variant.method == Method::Gemfilter {
+        if variant.method != Method::Full {
             panels.push((variant, Score::Recall));
         }
     }

@@ -5,6 +5,7 @@
 mod backend;
 mod commands;
 mod heatmap;
+mod lines;
 mod memory;
 mod progress;
 

@@ -765,3 +765,132 @@ fn calibrate_compares_selectors() {
     );
     assert!(stdout.contains("gemfilter: recommended layer"), "{stdout}");
 }
+
+#[test]
+fn needle_and_bench_compare_all_four_methods() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = gemfilter(&[
+        "needle",
+        "--model",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--lengths",
+        "150,300",
+        "--depths",
+        "0.5",
+        "--methods",
+        "full,gemfilter,snapkv,h2o",
+        "--top-k",
+        "64",
+        "--max-new-tokens",
+        "2",
+        "--no-chat",
+        "--output",
+        out_dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.path().join("needle.json")).unwrap())
+            .unwrap();
+    let cells = report["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2 * 4);
+    for cell in cells {
+        let recall = &cell["needle_recall"];
+        match cell["method"].as_str().unwrap() {
+            "full" => assert!(recall.is_null()),
+            "gemfilter" | "snapkv" | "h2o" => {
+                assert!((0.0..=1.0).contains(&recall.as_f64().unwrap()), "{cell}")
+            }
+            other => panic!("unexpected method {other}"),
+        }
+    }
+    assert_eq!(report["kv_heads"], "query");
+    let md = std::fs::read_to_string(out_dir.path().join("needle.md")).unwrap();
+    assert!(md.contains("| snapkv | 300 |") && md.contains("| h2o | 150 |"), "{md}");
+    assert!(md.contains("GemFilter against snapkv"), "{md}");
+    let svg = std::fs::read_to_string(out_dir.path().join("needle.svg")).unwrap();
+    assert!(svg.contains("snapkv: answer correct") && svg.contains("h2o: needle recall"));
+    let scaling = std::fs::read_to_string(out_dir.path().join("needle-scaling.svg")).unwrap();
+    assert!(scaling.contains("time to first token") && scaling.contains("peak resident memory"));
+
+    let bench_dir = out_dir.path().join("bench");
+    let out = gemfilter(&[
+        "bench",
+        "--model",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--lengths",
+        "200",
+        "--methods",
+        "full,gemfilter,snapkv,h2o",
+        "--top-k",
+        "64",
+        "--kv-heads",
+        "kv",
+        "--decode-tokens",
+        "2",
+        "--json",
+        "--output",
+        bench_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    let methods: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(methods, ["full", "gemfilter-k64", "snapkv-k64", "h2o-k64"]);
+    // Same budget and KV heads: GemFilter's and the baselines' caches are the same size, each
+    // smaller than full attention's.
+    let cache = |i: usize| rows[i]["kv_cache_mib"].as_f64().unwrap();
+    assert!(cache(1) < cache(0));
+    assert!((cache(2) - cache(1)).abs() < 1e-9 && (cache(3) - cache(1)).abs() < 1e-9);
+    assert!(bench_dir.join("bench.md").is_file() && bench_dir.join("bench.svg").is_file());
+}
+
+#[test]
+fn generate_with_a_baseline() {
+    let model = fixture("llama-gqa");
+    let prompt = "The green lamp is quiet. ".repeat(30);
+    let out = gemfilter(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        &prompt,
+        "--baseline",
+        "snapkv",
+        "--top-k",
+        "48",
+        "--max-new-tokens",
+        "3",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["method"], "snapkv");
+    assert_eq!(json["kv_cache_entries"], 48);
+    assert_eq!(json["kv_heads"], 4);
+    assert!(json["selected_positions"].is_null());
+
+    let out = gemfilter(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        &prompt,
+        "--baseline",
+        "h2o",
+        "--top-k",
+        "20",
+    ]);
+    assert_user_error(&out, "the budget (20) must exceed the recent window (32)");
+}

@@ -39,7 +39,8 @@ pub use filter_layers::{
 pub use hf::chat::{ChatMessage, ChatTemplate};
 pub use hf::tokenizer::TextTokenizer;
 pub use model::{
-    Answer, GAP_MARKER, KeptSpan, LoadOptions, Mode, Model, ModelFormat, ModelInfo, Request,
+    Answer, GAP_MARKER, KeptSpan, KvMethod, LoadOptions, Mode, Model, ModelFormat, ModelInfo,
+    Request,
 };
 pub use segments::{Segmentation, segment_starts};
 pub use selector_spec::{SelectorSpec, SpanSpec};

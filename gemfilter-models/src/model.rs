@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Device};
 use gemfilter_core::{
-    Decoder, GemFilterSelector, Generation, GenerationConfig, Method, Sampling, TokenSelector,
-    generate,
+    Decoder, GemFilterSelector, Generation, GenerationConfig, H2o, HeadSharing, KvCompressor,
+    Method, Sampling, SnapKv, TokenSelector, generate,
 };
 
 use crate::arch::Architecture;
@@ -89,6 +89,49 @@ pub enum Mode {
         /// Token budget k.
         top_k: usize,
     },
+    /// A KV-compression baseline (SnapKV or H2O with their reference settings): full prefill,
+    /// then `budget` cache entries per layer and head.
+    KvCompressed {
+        /// Which method.
+        method: KvMethod,
+        /// Cache entries kept per layer and head (compared with GemFilter's k).
+        budget: usize,
+        /// Which heads share kept positions.
+        heads: HeadSharing,
+    },
+}
+
+/// The KV-compression baselines of the paper's comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvMethod {
+    /// SnapKV: observation window 32, average pooling with kernel 5.
+    SnapKv,
+    /// H2O: accumulated attention heavy hitters plus 32 recent positions.
+    H2o,
+}
+
+impl KvMethod {
+    /// The compressor with the reference settings at `budget`.
+    pub fn compressor(self, budget: usize, heads: HeadSharing) -> Box<dyn KvCompressor> {
+        match self {
+            KvMethod::SnapKv => Box::new(SnapKv {
+                heads,
+                ..SnapKv::new(budget)
+            }),
+            KvMethod::H2o => Box::new(H2o {
+                heads,
+                ..H2o::new(budget)
+            }),
+        }
+    }
+
+    /// `snapkv` or `h2o`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvMethod::SnapKv => "snapkv",
+            KvMethod::H2o => "h2o",
+        }
+    }
 }
 
 /// A text generation request.
@@ -352,6 +395,20 @@ impl Model {
                     Some(layer),
                     Some(top_k),
                 )
+            }
+            Mode::KvCompressed {
+                method,
+                budget,
+                heads,
+            } => {
+                let compressor = method.compressor(budget, heads);
+                return self.answer(
+                    prompt_ids,
+                    Method::KvCompressed(compressor.as_ref()),
+                    request,
+                    None,
+                    Some(budget),
+                );
             }
         };
         self.answer(prompt_ids, method, request, filter_layer, top_k)

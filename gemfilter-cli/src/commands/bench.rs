@@ -1,5 +1,5 @@
-//! `gemfilter bench`: time to first token, decode speed and peak memory of full attention and
-//! GemFilter at several prompt lengths (a benchmark, not a test).
+//! `gemfilter bench`: time to first token, decode speed and peak memory of full attention,
+//! GemFilter and the SnapKV / H2O baselines at several prompt lengths (a benchmark, not a test).
 
 use std::path::PathBuf;
 
@@ -14,7 +14,9 @@ use gemfilter_models::needle::{Haystack, Needle, SplitMix64, build_prompt};
 use gemfilter_models::{Architecture, Model, default_filter_layer, synthetic};
 use serde::Serialize;
 
+use super::needle::{KvHeads, Method as MethodName};
 use super::{ComputeArgs, load_model_or_demo};
+use crate::lines::{LinePanel, line_panels};
 use crate::memory;
 
 /// Arguments of `gemfilter bench`.
@@ -30,9 +32,16 @@ pub struct BenchArgs {
     /// Prompt lengths in tokens, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1000usize, 2000, 4000, 8000])]
     pub lengths: Vec<usize>,
-    /// GemFilter budgets to measure, comma-separated.
+    /// Methods to measure, comma-separated (`full,gemfilter,snapkv,h2o`).
+    #[arg(long, value_delimiter = ',', value_enum, default_values_t = [MethodName::Full, MethodName::Gemfilter])]
+    pub methods: Vec<MethodName>,
+    /// Budgets to measure, comma-separated: GemFilter's kept tokens, and the cache entries per
+    /// layer and head of SnapKV and H2O.
     #[arg(long, value_delimiter = ',', default_values_t = [256usize, 1024])]
     pub top_k: Vec<usize>,
+    /// Heads sharing kept positions in SnapKV and H2O.
+    #[arg(long, value_enum, default_value_t = KvHeads::Query)]
+    pub kv_heads: KvHeads,
     /// 0-based filter layer (default: calibrated, known or fallback).
     #[arg(long)]
     pub filter_layer: Option<usize>,
@@ -61,6 +70,10 @@ pub struct BenchArgs {
     /// Print the results as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also write `bench.json`, `bench.md` (table) and `bench.svg` (time to first token, peak
+    /// memory and KV cache size against prompt length, one line per method) into this folder.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
 }
 
 /// One measurement.
@@ -68,7 +81,7 @@ pub struct BenchArgs {
 pub struct Row {
     /// Prompt tokens.
     pub tokens: usize,
-    /// "full" or "gemfilter-k<k>".
+    /// "full", "gemfilter-k<k>", "snapkv-k<budget>" or "h2o-k<budget>".
     pub method: String,
     /// Selection time (s).
     pub select_s: f64,
@@ -84,6 +97,9 @@ pub struct Row {
     pub prefill_gflops: f64,
     /// Peak resident memory during the run (MiB).
     pub peak_rss_mib: Option<f64>,
+    /// Size of the KV cache decoding runs on (MiB): every layer's keys and values for the
+    /// entries kept plus the decoded tokens.
+    pub kv_cache_mib: f64,
     /// Device memory the allocator holds after the run (MiB; GPU backends).
     pub device_reserved_mib: Option<f64>,
     /// TTFT relative to full attention at the same length.
@@ -151,19 +167,37 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     for &length in &args.lengths {
         let prompt = subject.prompt(length)?;
+        let compressors: Vec<(String, Box<dyn gemfilter_core::KvCompressor>)> = args
+            .methods
+            .iter()
+            .filter_map(|m| m.kv_method())
+            .flat_map(|kv| {
+                args.top_k.iter().map(move |&budget| {
+                    (
+                        format!("{}-k{budget}", kv.name()),
+                        kv.compressor(budget, args.kv_heads.sharing()),
+                    )
+                })
+            })
+            .collect();
         let mut methods: Vec<(String, Method)> = Vec::new();
-        if !args.skip_full {
+        if args.methods.contains(&MethodName::Full) && !args.skip_full {
             methods.push(("full".into(), Method::Full));
         }
-        for &top_k in &args.top_k {
-            methods.push((
-                format!("gemfilter-k{top_k}"),
-                Method::GemFilter {
-                    filter_layer: layer,
-                    top_k,
-                    selector: &selector,
-                },
-            ));
+        if args.methods.contains(&MethodName::Gemfilter) {
+            for &top_k in &args.top_k {
+                methods.push((
+                    format!("gemfilter-k{top_k}"),
+                    Method::GemFilter {
+                        filter_layer: layer,
+                        top_k,
+                        selector: &selector,
+                    },
+                ));
+            }
+        }
+        for (name, compressor) in &compressors {
+            methods.push((name.clone(), Method::KvCompressed(compressor.as_ref())));
         }
         let mut full: Option<(f64, Option<f64>)> = None;
         for (name, method) in methods {
@@ -194,6 +228,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
             });
             let prefill_gflops =
                 model_config.prefill_flops(out.kept_tokens) / t.prefill.as_secs_f64() / 1e9;
+            let (entries, heads) = match &out.compression {
+                Some(outcome) => (outcome.entries, outcome.heads),
+                None => (out.kept_tokens, model_config.num_kv_heads),
+            };
+            let kv_cache_mib = (2
+                * model_config.num_layers
+                * heads
+                * (entries + out.tokens.len())
+                * model_config.head_dim
+                * compute.dtype.size()) as f64
+                / (1024.0 * 1024.0);
             let row = Row {
                 tokens: prompt.len(),
                 method: name,
@@ -208,6 +253,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     0.0
                 },
                 peak_rss_mib: peak,
+                kv_cache_mib,
                 device_reserved_mib: reserved,
                 ttft_vs_full: full.map(|(f, _)| ttft / f),
                 memory_vs_full: full.and_then(|(_, m)| Some(peak? / m?)),
@@ -218,27 +264,114 @@ pub fn run(args: BenchArgs) -> Result<()> {
             rows.push(row);
         }
     }
-    if args.json {
-        let object = serde_json::json!({
+    let object = serde_json::json!({
             "model": subject.name(),
             "dtype": format!("{:?}", compute.dtype),
             "backend": backend.name(),
             "filter_layer": layer,
+            "kv_heads": args.kv_heads.sharing().label(),
             "fused_attention": !args.no_fused_attention,
             "prefill_chunk": args.prefill_chunk,
             "selection_chunk": args.selection_chunk,
             "matmul_peak_gflops": matmul_peak,
             "rows": rows,
-        });
+    });
+    if args.json {
         println!("{}", serde_json::to_string(&object)?);
     }
+    if let Some(folder) = &args.output {
+        write_report(folder, &subject.name(), &object, &rows)?;
+    }
+    Ok(())
+}
+
+/// Writes the JSON, a markdown table and the line charts (one line per method and budget).
+fn write_report(
+    folder: &std::path::Path,
+    model: &str,
+    object: &serde_json::Value,
+    rows: &[Row],
+) -> Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(folder)
+        .with_context(|| format!("cannot create {}", folder.display()))?;
+    let json_path = folder.join("bench.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(object)?)
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    let mut methods: Vec<&str> = Vec::new();
+    for row in rows {
+        if !methods.contains(&row.method.as_str()) {
+            methods.push(&row.method);
+        }
+    }
+    let series = |value: &dyn Fn(&Row) -> Option<f64>| {
+        methods
+            .iter()
+            .map(|&method| {
+                let points = rows
+                    .iter()
+                    .filter(|r| r.method == method)
+                    .filter_map(|r| Some((r.tokens as f64, value(r)?)))
+                    .collect();
+                (method.to_string(), points)
+            })
+            .collect()
+    };
+    let panels = [
+        LinePanel {
+            title: "time to first token".into(),
+            y_desc: "seconds".into(),
+            series: series(&|r| Some(r.ttft_s)),
+        },
+        LinePanel {
+            title: "peak resident memory".into(),
+            y_desc: "MiB".into(),
+            series: series(&|r| r.peak_rss_mib),
+        },
+        LinePanel {
+            title: "KV cache while decoding".into(),
+            y_desc: "MiB".into(),
+            series: series(&|r| Some(r.kv_cache_mib)),
+        },
+    ];
+    let svg_path = folder.join("bench.svg");
+    line_panels(&svg_path, &panels)?;
+    let mut md = format!(
+        "Benchmark of `{model}`.\n\n\
+         | tokens | method | TTFT (s) | select (s) | prefill (s) | decode (tokens/s) | peak RSS (MiB) | KV cache (MiB) | TTFT / full | peak / full |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    let ratio = |r: Option<f64>| r.map_or("–".to_string(), |r| format!("{r:.2}"));
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {:.1} | {} | {} |\n",
+            r.tokens,
+            r.method,
+            r.ttft_s,
+            r.select_s,
+            r.prefill_s,
+            r.decode_tokens_per_s,
+            r.peak_rss_mib.map_or("–".into(), |m| format!("{m:.0}")),
+            r.kv_cache_mib,
+            ratio(r.ttft_vs_full),
+            ratio(r.memory_vs_full),
+        ));
+    }
+    let md_path = folder.join("bench.md");
+    std::fs::write(&md_path, &md).with_context(|| format!("cannot write {}", md_path.display()))?;
+    eprintln!(
+        "written: {}, {}, {}",
+        json_path.display(),
+        md_path.display(),
+        svg_path.display()
+    );
     Ok(())
 }
 
 fn print_row(row: &Row, header: bool) {
     if header {
         println!(
-            "{:>7} {:>16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9}",
+            "{:>7} {:>16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}",
             "tokens",
             "method",
             "select s",
@@ -248,13 +381,14 @@ fn print_row(row: &Row, header: bool) {
             "ttft s",
             "decode t/s",
             "peak MiB",
+            "cache MiB",
             "ttft/full",
             "mem/full"
         );
     }
     let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
     println!(
-        "{:>7} {:>16} {:>9.2} {:>9} {:>9.2} {:>9.1} {:>9.2} {:>10.1} {:>9} {:>9} {:>9}",
+        "{:>7} {:>16} {:>9.2} {:>9} {:>9.2} {:>9.1} {:>9.2} {:>10.1} {:>9} {:>9.1} {:>9} {:>9}",
         row.tokens,
         row.method,
         row.select_s,
@@ -264,6 +398,7 @@ fn print_row(row: &Row, header: bool) {
         row.ttft_s,
         row.decode_tokens_per_s,
         row.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
+        row.kv_cache_mib,
         ratio(row.ttft_vs_full),
         ratio(row.memory_vs_full)
     );

@@ -68,6 +68,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         filter_layer: Some(layer),
         max_new_tokens: 32,
         target_tokens: args.tokens,
+        kv_heads: Default::default(),
     };
     let (gem, gem_answer) = run_cell(&model, &prompt, &needle, settings)?;
     // The kept text around the needle: spans of the selection near the needle's tokens.

@@ -4,11 +4,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use gemfilter_core::Sampling;
-use gemfilter_models::{Answer, Mode, Model, Request, SelectorSpec};
+use gemfilter_models::{Answer, KvMethod, Mode, Model, Request, SelectorSpec};
 use serde_json::json;
 
+use super::needle::KvHeads;
 use super::{ComputeArgs, load_model};
 use crate::backend::Backend;
 
@@ -37,6 +38,13 @@ pub struct GenerateArgs {
     /// Use full attention over the whole prompt instead of GemFilter.
     #[arg(long)]
     pub full: bool,
+    /// Answer with a KV-compression baseline instead of GemFilter: full prefill, then `--top-k`
+    /// cache entries per layer and head (`snapkv` or `h2o`, reference settings).
+    #[arg(long, value_enum, conflicts_with_all = ["full", "selector"])]
+    pub baseline: Option<Baseline>,
+    /// Heads sharing kept positions in a baseline.
+    #[arg(long, value_enum, default_value_t = KvHeads::Query, requires = "baseline")]
+    pub kv_heads: KvHeads,
     /// Upper bound on generated tokens.
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
@@ -57,6 +65,24 @@ pub struct GenerateArgs {
     /// Print exactly one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A KV-compression baseline of the paper's comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Baseline {
+    /// SnapKV (observation window 32, average pooling, kernel 5).
+    Snapkv,
+    /// H2O (accumulated attention, 32 recent positions).
+    H2o,
+}
+
+impl Baseline {
+    fn kv_method(self) -> KvMethod {
+        match self {
+            Baseline::Snapkv => KvMethod::SnapKv,
+            Baseline::H2o => KvMethod::H2o,
+        }
+    }
 }
 
 /// Runs the subcommand.
@@ -94,13 +120,17 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             seed: args.seed,
         },
     };
-    let mode = if args.full {
-        Mode::Full
-    } else {
-        Mode::GemFilter {
+    let mode = match (args.full, args.baseline) {
+        (true, _) => Mode::Full,
+        (false, Some(baseline)) => Mode::KvCompressed {
+            method: baseline.kv_method(),
+            budget: args.top_k,
+            heads: args.kv_heads.sharing(),
+        },
+        (false, None) => Mode::GemFilter {
             filter_layer: args.filter_layer,
             top_k: args.top_k,
-        }
+        },
     };
     let ids = model.prompt_ids(&prompt, args.chat)?;
     let selector = spec.build(model.tokenizer(), &ids)?;
@@ -130,13 +160,15 @@ fn print_json(args: &GenerateArgs, backend: Backend, model: &Model, answer: &Ans
         "model": args.model.display().to_string(),
         "architecture": model.info().architecture.name(),
         "backend": backend.name(),
-        "method": if answer.top_k.is_some() { "gemfilter" } else { "full" },
-        "selector": answer.top_k.map(|_| args.selector.clone()),
+        "method": method_name(args, answer),
+        "selector": selection.map(|_| args.selector.clone()),
         "input_tokens": generation.input_tokens,
         "kept_tokens": generation.kept_tokens,
         "filter_layer": answer.filter_layer,
         "top_k": answer.top_k,
         "selected_positions": selection.map(|s| s.positions.clone()),
+        "kv_cache_entries": generation.compression.as_ref().map(|c| c.entries),
+        "kv_heads": generation.compression.as_ref().map(|c| c.heads),
         "kept_text": if selection.is_some() { Some(model.kept_text(answer)?) } else { None },
         "answer": answer.text,
         "answer_tokens": generation.tokens,
@@ -149,6 +181,15 @@ fn print_json(args: &GenerateArgs, backend: Backend, model: &Model, answer: &Ans
     });
     println!("{}", serde_json::to_string(&object)?);
     Ok(())
+}
+
+fn method_name(args: &GenerateArgs, answer: &Answer) -> &'static str {
+    match (args.baseline, &answer.generation.selection) {
+        (Some(Baseline::Snapkv), _) => "snapkv",
+        (Some(Baseline::H2o), _) => "h2o",
+        (None, Some(_)) => "gemfilter",
+        (None, None) => "full",
+    }
 }
 
 fn print_human(backend: Backend, model: &Model, answer: &Answer) -> Result<()> {
@@ -164,10 +205,14 @@ fn print_human(backend: Backend, model: &Model, answer: &Answer) -> Result<()> {
         config.num_layers,
         backend.name()
     );
-    match (answer.filter_layer, answer.top_k) {
-        (Some(layer), Some(top_k)) => println!(
+    match (answer.filter_layer, answer.top_k, &generation.compression) {
+        (Some(layer), Some(top_k), _) => println!(
             "method:  gemfilter, filter layer {layer}, top-k {top_k}: {} → {} tokens",
             generation.input_tokens, generation.kept_tokens
+        ),
+        (_, _, Some(outcome)) => println!(
+            "method:  KV compression after full prefill over {} tokens: {} cache entries per layer for each of {} heads",
+            generation.input_tokens, outcome.entries, outcome.heads
         ),
         _ => println!(
             "method:  full attention over {} tokens",

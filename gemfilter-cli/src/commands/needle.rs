@@ -8,13 +8,13 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use std::time::Instant;
 
-use gemfilter_core::{Sampling, TokenSelector};
+use gemfilter_core::{CompressionOutcome, HeadSharing, Sampling, TokenSelector};
 use gemfilter_models::needle::{Haystack, Needle, NeedlePrompt, answer_is_correct, build_prompt};
-use gemfilter_models::{Answer, Mode, Model, Request, SelectorSpec};
+use gemfilter_models::{Answer, KvMethod, Mode, Model, Request, SelectorSpec};
 use serde::{Deserialize, Serialize};
 
 use super::{ComputeArgs, load_model_or_demo};
-use crate::{heatmap, memory, progress};
+use crate::{memory, progress};
 
 /// Attention used for a cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -24,6 +24,10 @@ pub enum Method {
     Full,
     /// GemFilter selection then a rerun on the kept tokens.
     Gemfilter,
+    /// SnapKV: full prefill, cache compressed to the budget by the last 32 queries' attention.
+    Snapkv,
+    /// H2O: full prefill, cache compressed to the budget by accumulated attention.
+    H2o,
 }
 
 impl Method {
@@ -32,6 +36,37 @@ impl Method {
         match self {
             Method::Full => "full",
             Method::Gemfilter => "gemfilter",
+            Method::Snapkv => "snapkv",
+            Method::H2o => "h2o",
+        }
+    }
+
+    /// The KV-compression baseline this method is, if any.
+    pub fn kv_method(self) -> Option<KvMethod> {
+        match self {
+            Method::Snapkv => Some(KvMethod::SnapKv),
+            Method::H2o => Some(KvMethod::H2o),
+            Method::Full | Method::Gemfilter => None,
+        }
+    }
+}
+
+/// Which heads share the positions a KV-compression baseline keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum KvHeads {
+    /// One kept set per query head, keys and values repeated (the reference code).
+    #[default]
+    Query,
+    /// One kept set per KV head (scores summed over the group; a GQA-sized cache).
+    Kv,
+}
+
+impl KvHeads {
+    /// The core setting.
+    pub fn sharing(self) -> HeadSharing {
+        match self {
+            KvHeads::Query => HeadSharing::PerQueryHead,
+            KvHeads::Kv => HeadSharing::PerKvHead,
         }
     }
 }
@@ -49,10 +84,8 @@ impl Variant {
     /// `full`, `gemfilter`, or `gemfilter[<spec>]`.
     pub fn label(&self) -> String {
         match (self.method, self.selector.as_deref()) {
-            (Method::Full, _) | (Method::Gemfilter, None | Some("gemfilter")) => {
-                self.method.name().to_string()
-            }
-            (Method::Gemfilter, Some(spec)) => format!("gemfilter[{spec}]"),
+            (Method::Gemfilter, Some(spec)) if spec != "gemfilter" => format!("gemfilter[{spec}]"),
+            _ => self.method.name().to_string(),
         }
     }
 
@@ -146,9 +179,13 @@ pub struct NeedleArgs {
     /// Methods to run, comma-separated.
     #[arg(long, value_delimiter = ',', value_enum, default_values_t = [Method::Full, Method::Gemfilter])]
     pub methods: Vec<Method>,
-    /// Tokens kept by GemFilter.
+    /// Tokens kept by GemFilter; also the cache budget (entries per layer and head) of SnapKV
+    /// and H2O, so that methods compare at equal budgets.
     #[arg(long, default_value_t = 256)]
     pub top_k: usize,
+    /// Heads sharing kept positions in SnapKV and H2O.
+    #[arg(long, value_enum, default_value_t = KvHeads::Query)]
+    pub kv_heads: KvHeads,
     /// 0-based filter layer (default: calibrated, known or fallback; see `inspect`).
     #[arg(long)]
     pub filter_layer: Option<usize>,
@@ -187,7 +224,8 @@ pub struct Cell {
     pub input_tokens: usize,
     /// Needle depth.
     pub depth: f64,
-    /// Fraction of the needle's tokens kept (GemFilter only).
+    /// Fraction of the needle's tokens kept: by the selection (GemFilter), or on average over
+    /// layers and heads of the compressed cache (SnapKV, H2O).
     pub needle_recall: Option<f64>,
     /// Whether the answer contains the key phrase.
     pub correct: bool,
@@ -255,6 +293,8 @@ pub struct CellSettings {
     pub max_new_tokens: usize,
     /// Requested context length (for the report).
     pub target_tokens: usize,
+    /// Head sharing of the KV-compression baselines.
+    pub kv_heads: HeadSharing,
 }
 
 /// Runs one method on one prompt and scores it; also returns the full answer.
@@ -270,12 +310,18 @@ pub fn run_cell(
         filter_layer,
         max_new_tokens,
         target_tokens,
+        kv_heads,
     } = settings;
     let mode = match method {
         Method::Full => Mode::Full,
         Method::Gemfilter => Mode::GemFilter {
             filter_layer,
             top_k,
+        },
+        Method::Snapkv | Method::H2o => Mode::KvCompressed {
+            method: method.kv_method().expect("a KV-compression method"),
+            budget: top_k,
+            heads: kv_heads,
         },
     };
     let request = Request {
@@ -295,10 +341,11 @@ pub fn run_cell(
         target_tokens,
         input_tokens: prompt.ids.len(),
         depth: prompt.depth,
-        needle_recall: generation
-            .selection
-            .as_ref()
-            .map(|s| prompt.recall(&s.positions)),
+        needle_recall: match (&generation.selection, &generation.compression) {
+            (Some(selection), _) => Some(prompt.recall(&selection.positions)),
+            (None, Some(outcome)) => Some(compression_recall(prompt, outcome)),
+            (None, None) => None,
+        },
         correct: answer_is_correct(&answer.text, &needle.key_phrase),
         answer: answer.text.trim().to_string(),
         select_ms: ms(generation.timings.select),
@@ -308,6 +355,16 @@ pub fn run_cell(
         peak_rss_mib: peak,
     };
     Ok((cell, answer))
+}
+
+/// The needle recall of a compressed cache: the mean over layers and heads of the fraction of
+/// needle tokens kept (1.0 when nothing was dropped).
+pub fn compression_recall(prompt: &NeedlePrompt, outcome: &CompressionOutcome) -> f64 {
+    if !outcome.compressed() {
+        return 1.0;
+    }
+    let sets: Vec<&Vec<usize>> = outcome.kept.iter().flatten().collect();
+    sets.iter().map(|kept| prompt.recall(kept)).sum::<f64>() / sets.len().max(1) as f64
 }
 
 /// Means per (variant, length).
@@ -479,14 +536,14 @@ pub fn run(args: NeedleArgs) -> Result<()> {
     let mut variants: Vec<Variant> = Vec::new();
     for &method in &args.methods {
         match method {
-            Method::Full => variants.push(Variant {
-                method,
-                selector: None,
-            }),
             Method::Gemfilter => variants.extend(specs.iter().map(|spec| Variant {
                 method,
                 selector: (!spec.is_paper()).then(|| spec.to_string()),
             })),
+            _ => variants.push(Variant {
+                method,
+                selector: None,
+            }),
         }
     }
     let total = args.lengths.len() * args.depths.len() * variants.len();
@@ -508,13 +565,14 @@ pub fn run(args: NeedleArgs) -> Result<()> {
                     method.name()
                 ));
                 let new_cells = match method {
-                    Method::Full => {
+                    Method::Full | Method::Snapkv | Method::H2o => {
                         let settings = CellSettings {
                             method,
                             top_k: args.top_k,
                             filter_layer: Some(filter_layer),
                             max_new_tokens: args.max_new_tokens,
                             target_tokens: length,
+                            kv_heads: args.kv_heads.sharing(),
                         };
                         vec![run_cell(&model, &prompt, &needle, settings)?.0]
                     }
@@ -559,6 +617,7 @@ pub fn run(args: NeedleArgs) -> Result<()> {
         "model": model.info().path.display().to_string(),
         "backend": backend.name(),
         "top_k": args.top_k,
+        "kv_heads": args.kv_heads.sharing().label(),
         "filter_layer": filter_layer,
         "selectors": specs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "chat": chat,
@@ -572,8 +631,18 @@ pub fn run(args: NeedleArgs) -> Result<()> {
     let json_path = args.output.join("needle.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("cannot write {}", json_path.display()))?;
-    let svg_path = args.output.join("needle.svg");
-    heatmap::needle_heatmaps(&svg_path, &cells, &variants, &args.lengths, &args.depths)?;
+    let written = super::report::write_files(
+        &args.output,
+        &super::report::NeedleReport {
+            model: model.info().path.display().to_string(),
+            top_k: args.top_k,
+            filter_layer,
+            lengths: args.lengths.clone(),
+            depths: args.depths.clone(),
+            cells,
+            summary: summary.clone(),
+        },
+    )?;
 
     println!(
         "{:<40} {:>7} {:>8} {:>9} {:>10} {:>10} {:>10}",
@@ -591,6 +660,6 @@ pub fn run(args: NeedleArgs) -> Result<()> {
             s.max_peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}"))
         );
     }
-    println!("report: {} and {}", json_path.display(), svg_path.display());
+    println!("report: {}, {}", json_path.display(), written.join(", "));
     Ok(())
 }
