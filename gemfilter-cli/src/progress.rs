@@ -44,8 +44,9 @@ pub fn counter(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// A hook drawing one bar per multi-token forward pass (layers done / layers of the pass).
-/// Single-token decode steps are not drawn.
+/// A hook drawing one bar per multi-token forward pass: tokens, layers done / layers of the
+/// pass, the pass's rate in tokens per second, elapsed time and ETA. Single-token decode steps
+/// are not drawn.
 pub fn forward_hook() -> Option<ProgressHook> {
     if !enabled() {
         return None;
@@ -70,6 +71,15 @@ pub fn forward_hook() -> Option<ProgressHook> {
             bar
         });
         bar.set_position(p.layers_done as u64);
+        // Whole-pass tokens per second: the share of the pass done, over the time it took.
+        let seconds = bar.elapsed().as_secs_f64();
+        if seconds > 0.0 {
+            let rate = p.positions as f64 * p.layers_done as f64 / p.layers_total as f64 / seconds;
+            bar.set_message(format!(
+                "forward over {} tokens, {rate:.0} tokens/s",
+                p.positions
+            ));
+        }
         if p.layers_done >= p.layers_total {
             bar.finish_and_clear();
             *slot = None;

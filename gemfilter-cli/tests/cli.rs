@@ -809,7 +809,10 @@ fn needle_and_bench_compare_all_four_methods() {
     }
     assert_eq!(report["kv_heads"], "query");
     let md = std::fs::read_to_string(out_dir.path().join("needle.md")).unwrap();
-    assert!(md.contains("| snapkv | 300 |") && md.contains("| h2o | 150 |"), "{md}");
+    assert!(
+        md.contains("| snapkv | 300 |") && md.contains("| h2o | 150 |"),
+        "{md}"
+    );
     assert!(md.contains("GemFilter against snapkv"), "{md}");
     let svg = std::fs::read_to_string(out_dir.path().join("needle.svg")).unwrap();
     assert!(svg.contains("snapkv: answer correct") && svg.contains("h2o: needle recall"));

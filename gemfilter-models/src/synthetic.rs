@@ -34,13 +34,42 @@ pub fn llama31_8b() -> DecoderConfig {
     }
 }
 
+/// SmolLM2-135M's LLaMA shape (30 layers, hidden 576, 9 query / 3 KV heads, MLP 1536, vocabulary
+/// 49152, θ 100000, tied embeddings) with its position range extended to 32768: a LLaMA-shaped
+/// model small enough to run a 32K-token prompt on a CPU, where one layer's naive attention
+/// scores alone (9 × 32768² f32 = 36 GiB) would not fit in memory.
+pub fn smollm2_135m_32k() -> DecoderConfig {
+    DecoderConfig {
+        vocab_size: 49_152,
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_layers: 30,
+        num_heads: 9,
+        num_kv_heads: 3,
+        head_dim: 64,
+        rms_norm_eps: 1e-5,
+        rope: RopeConfig {
+            theta: 100_000.0,
+            rotary_dim: 64,
+            scaling: RopeScaling::None,
+        },
+        max_position_embeddings: 32_768,
+        sliding_window: None,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        mlp_bias: false,
+        activation: Activation::Silu,
+    }
+}
+
 /// Shapes available by name.
-pub const SHAPES: &[&str] = &["llama-3.1-8b"];
+pub const SHAPES: &[&str] = &["llama-3.1-8b", "smollm2-135m-32k"];
 
 /// The shape called `name`.
 pub fn shape(name: &str) -> Option<DecoderConfig> {
     match name {
         "llama-3.1-8b" => Some(llama31_8b()),
+        "smollm2-135m-32k" => Some(smollm2_135m_32k()),
         _ => None,
     }
 }

@@ -165,28 +165,28 @@ pub(crate) fn kept_positions(
 }
 
 /// Gathers `kept[head]` positions from `tensor` (`[1, tensor_heads, n, d]`) into
-/// `[1, kept.len(), entries, d]`, repeating KV heads to query heads first when `kept` has more
-/// rows than `tensor` has heads.
+/// `[1, kept.len(), entries, d]`. When `kept` has a row per query head and `tensor` one per KV
+/// head, query head `h` reads KV head `h / groups` (`repeat_kv` order) without the tensor being
+/// repeated first: one row selection over `[tensor_heads · n, d]`.
 pub(crate) fn gather_kept(tensor: Tensor<4>, kept: &[Vec<usize>]) -> Tensor<4> {
     let [batch, tensor_heads, n, dim] = tensor.dims();
     let heads = kept.len();
     let entries = kept[0].len();
-    let tensor = if heads == tensor_heads {
-        tensor
-    } else {
-        let groups = heads / tensor_heads;
-        tensor
-            .unsqueeze_dim::<5>(2)
-            .expand([batch, tensor_heads, groups, n, dim])
-            .reshape([batch, heads, n, dim])
-    };
-    let flat: Vec<i64> = kept.iter().flatten().map(|&p| p as i64).collect();
-    let indices = Tensor::<4, Int>::from_data(
-        TensorData::new(flat, [1, heads, entries, 1]),
-        &tensor.device(),
-    )
-    .expand([batch, heads, entries, dim]);
-    tensor.gather(2, indices)
+    let groups = heads / tensor_heads;
+    let rows: Vec<i64> = kept
+        .iter()
+        .enumerate()
+        .flat_map(|(head, positions)| {
+            let base = (head / groups * n) as i64;
+            positions.iter().map(move |&p| base + p as i64)
+        })
+        .collect();
+    let indices =
+        Tensor::<1, Int>::from_data(TensorData::new(rows, [heads * entries]), &tensor.device());
+    tensor
+        .reshape([batch * tensor_heads * n, dim])
+        .select(0, indices)
+        .reshape([batch, heads, entries, dim])
 }
 
 /// A tensor of f32 scores `[1, rows, n]` as host rows.
