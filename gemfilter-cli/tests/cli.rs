@@ -539,6 +539,11 @@ fn bench_reports_ratios() {
             .all(|r| r["prefill_gflops"].as_f64().unwrap() > 0.0)
     );
     assert!(json["matmul_peak_gflops"].as_f64().unwrap() > 0.0);
+    // Per length, the model's three projection shapes (llama-gqa: hidden 64, intermediate 160).
+    let projections = json["projection_gflops"].as_array().unwrap();
+    assert_eq!(projections.len(), 2 * 3);
+    assert!(projections[0]["shape"].as_str().unwrap().ends_with("x64x64"));
+    assert!(projections.iter().all(|p| p["gflops"].as_f64().unwrap() > 0.0));
     assert_eq!(json["prefill_chunk"], 64);
     assert_eq!(json["selection_chunk"], 100);
 }

@@ -55,7 +55,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_fused_attention: bool,
     /// Also measure the device's matrix-product peak (GFLOP/s of square products in the compute
-    /// dtype) to compare the prefill's throughput with.
+    /// dtype) and, per length, the model's own projection products, to compare the prefill's
+    /// throughput with.
     #[arg(long)]
     pub matmul_peak: bool,
     /// Prefill in chunks of at most this many tokens through the KV cache (bounds activations).
@@ -165,8 +166,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
         gflops
     });
     let mut rows: Vec<Row> = Vec::new();
+    let mut projections: Vec<(String, f64)> = Vec::new();
     for &length in &args.lengths {
         let prompt = subject.prompt(length)?;
+        if args.matmul_peak {
+            let measured = projection_gflops(
+                subject.decoder().device(),
+                compute.dtype,
+                subject.decoder().config(),
+                prompt.len(),
+            );
+            if !args.json {
+                let line: Vec<String> = measured
+                    .iter()
+                    .map(|(shape, g)| format!("{shape} {g:.1}"))
+                    .collect();
+                println!("projection products (GFLOP/s): {}", line.join(", "));
+            }
+            projections.extend(measured);
+        }
         let compressors: Vec<(String, Box<dyn gemfilter_core::KvCompressor>)> = args
             .methods
             .iter()
@@ -274,6 +292,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "prefill_chunk": args.prefill_chunk,
             "selection_chunk": args.selection_chunk,
             "matmul_peak_gflops": matmul_peak,
+            "projection_gflops": projections
+                .iter()
+                .map(|(shape, g)| serde_json::json!({"shape": shape, "gflops": g}))
+                .collect::<Vec<_>>(),
             "rows": rows,
     });
     if args.json {
@@ -404,28 +426,55 @@ fn print_row(row: &Row, header: bool) {
     );
 }
 
-/// GFLOP/s of square matrix products in `dtype` on `device`: the best of 5 timed runs per size,
-/// after a warm-up, each synchronised by reading a reduction of the product back.
+/// GFLOP/s of square matrix products in `dtype` on `device`: the best over sizes 512, 1024 and
+/// 2048 (see [`matmul_gflops`]).
 fn matmul_peak_gflops(device: &Device, dtype: DType) -> f64 {
+    [512usize, 1024, 2048]
+        .into_iter()
+        .map(|size| matmul_gflops(device, dtype, size, size, size))
+        .fold(0.0, f64::max)
+}
+
+/// GFLOP/s of one `[m, k] × [k, n]` product in `dtype` on `device`: the best of 5 timed runs
+/// after a warm-up, each synchronised by reading a reduction of the product back.
+fn matmul_gflops(device: &Device, dtype: DType, m: usize, k: usize, n: usize) -> f64 {
+    let matrix = |rows, cols| {
+        Tensor::<2>::random([rows, cols], Distribution::Normal(0.0, 1.0), device).cast(dtype)
+    };
+    let (a, b) = (matrix(m, k), matrix(k, n));
+    let run = || {
+        let product = a.clone().matmul(b.clone());
+        let _ = product.sum().into_data();
+    };
+    run();
     let mut best = 0.0f64;
-    for size in [512usize, 1024, 2048] {
-        let matrix = || {
-            Tensor::<2>::random([size, size], Distribution::Normal(0.0, 1.0), device).cast(dtype)
-        };
-        let (a, b) = (matrix(), matrix());
-        let run = || {
-            let product = a.clone().matmul(b.clone());
-            let _ = product.sum().into_data();
-        };
+    for _ in 0..5 {
+        let started = Instant::now();
         run();
-        for _ in 0..5 {
-            let started = Instant::now();
-            run();
-            let seconds = started.elapsed().as_secs_f64();
-            best = best.max(2.0 * (size as f64).powi(3) / seconds / 1e9);
-        }
+        let seconds = started.elapsed().as_secs_f64();
+        best = best.max(2.0 * (m * k * n) as f64 / seconds / 1e9);
     }
     best
+}
+
+/// GFLOP/s of the model's own projection products at `tokens` rows: attention output
+/// (`hidden × hidden`), MLP up (`hidden × intermediate`) and down (`intermediate × hidden`).
+fn projection_gflops(
+    device: &Device,
+    dtype: DType,
+    config: &gemfilter_core::DecoderConfig,
+    tokens: usize,
+) -> Vec<(String, f64)> {
+    let (hidden, wide) = (config.hidden_size, config.intermediate_size);
+    [(hidden, hidden), (hidden, wide), (wide, hidden)]
+        .into_iter()
+        .map(|(k, n)| {
+            (
+                format!("{tokens}x{k}x{n}"),
+                matmul_gflops(device, dtype, tokens, k, n),
+            )
+        })
+        .collect()
 }
 
 /// What is benchmarked: a loaded model, or a published shape with random weights.
