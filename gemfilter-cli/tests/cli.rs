@@ -542,8 +542,17 @@ fn bench_reports_ratios() {
     // Per length, the model's three projection shapes (llama-gqa: hidden 64, intermediate 160).
     let projections = json["projection_gflops"].as_array().unwrap();
     assert_eq!(projections.len(), 2 * 3);
-    assert!(projections[0]["shape"].as_str().unwrap().ends_with("x64x64"));
-    assert!(projections.iter().all(|p| p["gflops"].as_f64().unwrap() > 0.0));
+    assert!(
+        projections[0]["shape"]
+            .as_str()
+            .unwrap()
+            .ends_with("x64x64")
+    );
+    assert!(
+        projections
+            .iter()
+            .all(|p| p["gflops"].as_f64().unwrap() > 0.0)
+    );
     assert_eq!(json["prefill_chunk"], 64);
     assert_eq!(json["selection_chunk"], 100);
 }

@@ -3,6 +3,7 @@
 use burn::tensor::{DType, Device, Tensor};
 
 use crate::error::{CoreError, Result};
+use crate::nn::attention::repeat_kv;
 
 /// Per-layer keys and values of the positions processed so far.
 ///
@@ -113,17 +114,8 @@ impl KvCache {
             None => self.storage(heads),
         };
         let stored_heads = stored_keys.dims()[1];
-        let (keys, values) = if stored_heads != heads {
-            let groups = stored_heads / heads;
-            let repeat = |t: Tensor<4>| {
-                t.unsqueeze_dim::<5>(2)
-                    .expand([batch, heads, groups, n, dim])
-                    .reshape([batch, stored_heads, n, dim])
-            };
-            (repeat(keys), repeat(values))
-        } else {
-            (keys, values)
-        };
+        let groups = stored_heads / heads;
+        let (keys, values) = (repeat_kv(keys, groups), repeat_kv(values, groups));
         let range = [0..batch, 0..stored_heads, self.len..end, 0..dim];
         let stored_keys = stored_keys.slice_assign(range.clone(), keys);
         let stored_values = stored_values.slice_assign(range, values);

@@ -135,6 +135,20 @@ fn split_heads(x: Tensor<3>, heads: usize, head_dim: usize) -> Tensor<4> {
         .swap_dims(1, 2)
 }
 
+/// Repeats each key/value head `groups` times along the head axis (`[b, kv, n, d]` →
+/// `[b, kv · groups, n, d]`, query head `h` reading KV head `h / groups`), like transformers'
+/// `repeat_kv`.
+pub fn repeat_kv(tensor: Tensor<4>, groups: usize) -> Tensor<4> {
+    if groups == 1 {
+        return tensor;
+    }
+    let [batch, kv_heads, positions, head_dim] = tensor.dims();
+    tensor
+        .unsqueeze_dim::<5>(2)
+        .expand([batch, kv_heads, groups, positions, head_dim])
+        .reshape([batch, kv_heads * groups, positions, head_dim])
+}
+
 /// softmax(q·kᵀ/√d + mask)·v for grouped-query attention, processed in blocks of queries so
 /// that no more than `span.max_scores_per_block` scores exist at once.
 ///
@@ -181,18 +195,9 @@ fn fused_attention(
     values: Tensor<4>,
     max_scores_per_block: usize,
 ) -> Tensor<4> {
-    let [batch, heads, num_queries, head_dim] = queries.dims();
+    let [_, heads, num_queries, _] = queries.dims();
     let [_, kv_heads, num_keys, _] = keys.dims();
     let groups = heads / kv_heads;
-    let repeat = |t: Tensor<4>, positions: usize| {
-        if groups == 1 {
-            t
-        } else {
-            t.unsqueeze_dim::<5>(2)
-                .expand([batch, kv_heads, groups, positions, head_dim])
-                .reshape([batch, heads, positions, head_dim])
-        }
-    };
     // `scale: None` is 1/√head_dim; an explicit scale would send CubeCL to its fallback.
     let options = AttentionModuleOptions {
         scale: None,
@@ -213,8 +218,8 @@ fn fused_attention(
         } else {
             queries.clone().narrow(2, first, rows)
         };
-        let k = repeat(keys.clone().narrow(2, 0, visible), visible);
-        let v = repeat(values.clone().narrow(2, 0, visible), visible);
+        let k = repeat_kv(keys.clone().narrow(2, 0, visible), groups);
+        let v = repeat_kv(values.clone().narrow(2, 0, visible), groups);
         outputs.push(burn::tensor::module::attention(
             q, k, v, None, None, options,
         ));
