@@ -188,6 +188,16 @@ fn bad_compression_parameters_are_errors(device: &Device) {
     )
     .unwrap_err();
     assert!(error.to_string().contains("sliding window"), "{error}");
+    // A budget covering the prompt keeps it whole: the window still masks exactly.
+    let reference = reference("mistral-window");
+    let whole = generate(
+        windowed.decoder(),
+        &ids,
+        Method::KvCompressed(&SnapKv::new(ids.len())),
+        &GenerationConfig::greedy(reference.greedy_full.len(), Vec::new()),
+    )
+    .unwrap();
+    assert_eq!(whole.tokens, reference.greedy_full);
 }
 
 on_every_backend!(

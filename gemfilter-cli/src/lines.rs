@@ -16,6 +16,31 @@ pub struct LinePanel {
     pub series: Vec<(String, Vec<(f64, f64)>)>,
 }
 
+/// One line per label, in order of first appearance: the `(tokens, value)` points of the items
+/// carrying that label (items without a value are skipped).
+pub fn series_by_label<T>(
+    items: &[T],
+    label: impl Fn(&T) -> String,
+    tokens: impl Fn(&T) -> usize,
+    value: impl Fn(&T) -> Option<f64>,
+) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for item in items {
+        let name = label(item);
+        let index = match series.iter().position(|(l, _)| *l == name) {
+            Some(index) => index,
+            None => {
+                series.push((name, Vec::new()));
+                series.len() - 1
+            }
+        };
+        if let Some(v) = value(item) {
+            series[index].1.push((tokens(item) as f64, v));
+        }
+    }
+    series
+}
+
 const PALETTE: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),

@@ -18,17 +18,17 @@ pub struct KvCache {
     len: usize,
     position: usize,
     capacity: usize,
-    num_kv_heads: usize,
     head_dim: usize,
     dtype: DType,
     device: Device,
 }
 
 impl KvCache {
-    /// An empty cache for `num_layers` layers holding up to `capacity` entries.
+    /// An empty cache for `num_layers` layers holding up to `capacity` entries of `head_dim`
+    /// wide keys and values; each layer's storage is allocated on its first write, with the head
+    /// count of what is written.
     pub fn new(
         num_layers: usize,
-        num_kv_heads: usize,
         head_dim: usize,
         capacity: usize,
         dtype: DType,
@@ -39,7 +39,6 @@ impl KvCache {
             len: 0,
             position: 0,
             capacity,
-            num_kv_heads,
             head_dim,
             dtype,
             device: device.clone(),
@@ -64,17 +63,6 @@ impl KvCache {
     /// Entries the cache can hold.
     pub fn capacity(&self) -> usize {
         self.capacity
-    }
-
-    /// Key/value heads stored per layer: the model's KV heads, or its query heads after a
-    /// compression that kept positions per query head.
-    pub fn stored_heads(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .map(|(keys, _)| keys.dims()[1])
-            .next()
-            .unwrap_or(self.num_kv_heads)
     }
 
     /// Fails unless `additional` more entries fit.

@@ -207,7 +207,6 @@ impl Decoder {
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         KvCache::new(
             self.config.num_layers,
-            self.config.num_kv_heads,
             self.config.head_dim,
             capacity,
             self.dtype(),
@@ -238,7 +237,8 @@ impl Decoder {
     /// last position's logits and what was kept. Later tokens continue at rotary position
     /// `ids.len()`. The prompt runs in one pass (the scores need every key at once), whatever
     /// [`set_prefill_chunk`](Self::set_prefill_chunk) says. Sliding-window models are refused
-    /// when the prompt exceeds the window: kept entries no longer sit at contiguous positions.
+    /// when the prompt exceeds both the window and the budget: kept entries no longer sit at
+    /// contiguous positions.
     pub fn prefill_compressed(
         &self,
         ids: &[u32],
@@ -251,8 +251,11 @@ impl Decoder {
                 "KV compression starts from an empty cache (a fresh prompt)".into(),
             ));
         }
+        // Entries dropped from a prompt longer than the window leave gaps the window mask
+        // cannot express; a prompt within the budget is cached whole and stays exact.
         if let Some(window) = self.config.sliding_window
             && ids.len() > window
+            && ids.len() > compressor.budget()
         {
             return Err(CoreError::InvalidParameter(format!(
                 "{} cannot compress a {}-token prompt on a model with a {window}-token sliding window",
@@ -421,7 +424,6 @@ impl Decoder {
         }
         let mut cache = KvCache::new(
             stop_layer,
-            self.config.num_kv_heads,
             self.config.head_dim,
             ids.len(),
             self.dtype(),

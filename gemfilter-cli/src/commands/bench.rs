@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::needle::{KvHeads, Method as MethodName};
 use super::{ComputeArgs, load_model_or_demo};
-use crate::lines::{LinePanel, line_panels};
+use crate::lines::{LinePanel, line_panels, series_by_label};
 use crate::memory;
 
 /// Arguments of `gemfilter bench`.
@@ -320,24 +320,8 @@ fn write_report(
     let json_path = folder.join("bench.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(object)?)
         .with_context(|| format!("cannot write {}", json_path.display()))?;
-    let mut methods: Vec<&str> = Vec::new();
-    for row in rows {
-        if !methods.contains(&row.method.as_str()) {
-            methods.push(&row.method);
-        }
-    }
     let series = |value: &dyn Fn(&Row) -> Option<f64>| {
-        methods
-            .iter()
-            .map(|&method| {
-                let points = rows
-                    .iter()
-                    .filter(|r| r.method == method)
-                    .filter_map(|r| Some((r.tokens as f64, value(r)?)))
-                    .collect();
-                (method.to_string(), points)
-            })
-            .collect()
+        series_by_label(rows, |r| r.method.clone(), |r| r.tokens, value)
     };
     let panels = [
         LinePanel {

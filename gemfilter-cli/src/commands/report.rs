@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::needle::{Cell, Method, Summary, Variant};
 use crate::heatmap;
-use crate::lines::{LinePanel, line_panels};
+use crate::lines::{LinePanel, line_panels, series_by_label};
 
 /// Arguments of `gemfilter report`.
 #[derive(Debug, Args)]
@@ -75,7 +75,7 @@ pub fn write_files(folder: &Path, report: &NeedleReport) -> Result<Vec<String>> 
         &report.depths,
     )?;
     let scaling = folder.join("needle-scaling.svg");
-    line_panels(&scaling, &scaling_panels(&report.summary, &variants))?;
+    line_panels(&scaling, &scaling_panels(&report.summary))?;
     let md_path = folder.join("needle.md");
     std::fs::write(&md_path, markdown(report))
         .with_context(|| format!("cannot write {}", md_path.display()))?;
@@ -86,19 +86,9 @@ pub fn write_files(folder: &Path, report: &NeedleReport) -> Result<Vec<String>> 
 }
 
 /// Time to first token and peak memory per method against context length.
-fn scaling_panels(summary: &[Summary], variants: &[Variant]) -> Vec<LinePanel> {
+fn scaling_panels(summary: &[Summary]) -> Vec<LinePanel> {
     let series = |value: &dyn Fn(&Summary) -> Option<f64>| {
-        variants
-            .iter()
-            .map(|variant| {
-                let points = summary
-                    .iter()
-                    .filter(|s| s.variant() == *variant)
-                    .filter_map(|s| Some((s.target_tokens as f64, value(s)?)))
-                    .collect();
-                (variant.label(), points)
-            })
-            .collect()
+        series_by_label(summary, |s| s.variant().label(), |s| s.target_tokens, value)
     };
     vec![
         LinePanel {
