@@ -7,6 +7,8 @@
 //! Without an argument it uses the demo model (fetched from PyPI when absent).
 
 use anyhow::Result;
+use std::sync::Arc;
+
 use gemfilter_core::{Probe, Selection, TokenSelector};
 use gemfilter_models::burn::tensor::Device;
 use gemfilter_models::{Model, Request};
@@ -39,8 +41,10 @@ fn main() -> Result<()> {
         + &"The river runs under the old stone bridge. ".repeat(60)
         + "What is the secret number?";
 
-    let selectors: [(&str, Option<&dyn TokenSelector>); 2] =
-        [("gemfilter", None), ("last-tokens", Some(&LastTokens))];
+    let selectors: [(&str, Option<Arc<dyn TokenSelector>>); 2] = [
+        ("gemfilter", None),
+        ("last-tokens", Some(Arc::new(LastTokens))),
+    ];
     for (name, selector) in selectors {
         let request = Request {
             selector,

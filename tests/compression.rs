@@ -3,7 +3,8 @@
 //! and head, decoding on the compressed cache with the same logits and greedy tokens.
 
 use gemfilter_core::{
-    CoreError, GenerationConfig, H2o, HeadSharing, KvCompressor, Method, SnapKv, generate,
+    CoreError, GenerationConfig, H2o, HeadSharing, KvCompressor, Method, RunOptions, SnapKv,
+    generate,
 };
 use gemfilter_models::Model;
 use gemfilter_tests::{
@@ -73,7 +74,12 @@ fn compression_matches_the_reference(device: &Device) {
         let compressor = method.compressor();
         let mut cache = decoder.new_cache(method.budget + 1);
         let (_, outcome) = decoder
-            .prefill_compressed(&ids, &mut cache, compressor.as_ref())
+            .prefill_compressed(
+                &ids,
+                &mut cache,
+                compressor.as_ref(),
+                &RunOptions::default(),
+            )
             .unwrap();
         assert_eq!(
             outcome.kept.len(),
@@ -97,7 +103,11 @@ fn compression_matches_the_reference(device: &Device) {
         )
         .unwrap()
         .tokens[0];
-        let step = host_values(decoder.decode_step(first, &mut cache).unwrap());
+        let step = host_values(
+            decoder
+                .decode_step(first, &mut cache, &RunOptions::default())
+                .unwrap(),
+        );
         let error = max_abs_diff(&step, &method.decode_step_logits);
         println!(
             "{}: decode-step max |logit error| {error:.2e}, greedy margin {:.3}",

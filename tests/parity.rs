@@ -2,7 +2,9 @@
 //! last-position logits (≤ 1e-4), GemFilter kept positions (identical), 8 greedy tokens of full
 //! and GemFilter generation (identical), chat-template rendering (identical).
 
-use gemfilter_core::{GemFilterSelector, GenerationConfig, Method, generate, select_tokens};
+use gemfilter_core::{
+    GemFilterSelector, GenerationConfig, Method, RunOptions, generate, select_tokens,
+};
 use gemfilter_models::{ChatMessage, Model};
 use gemfilter_tests::{
     Device, fixture_dir, last_logits, max_abs_diff, on_every_backend, reference,
@@ -48,6 +50,7 @@ fn check_fixture(name: &str, device: &Device) {
         gem.filter_layer,
         gem.top_k,
         &selector,
+        &RunOptions::default(),
     )
     .unwrap();
     let scale = gem.pooled_scores.iter().fold(0.0f32, |m, s| m.max(s.abs()));

@@ -1,10 +1,13 @@
 //! Behaviour of the decoder and the generation pipeline beyond parity: cache and blocking
 //! equivalences, early exit, selector contract, stopping, sampling, parameter errors.
 
+use std::sync::Arc;
+
 use gemfilter_core::{
-    CoreError, FinishReason, GemFilterSelector, GenerationConfig, HeadNormalization, LayerObserver,
-    LayerVoteSelector, Method, Probe, QuestionWindowSelector, Sampling, Selection, SpanRule,
-    SpanSelector, TokenSelector, VoteRule, generate, select_tokens,
+    CoreError, FinishReason, Flow, GemFilterSelector, GenerationConfig, HeadNormalization,
+    LayerHook, LayerObserver, LayerView, LayerVoteSelector, Method, NoCache, NoHook, Probe,
+    QuestionWindowSelector, RunOptions, Sampling, Selection, SpanRule, SpanSelector, TokenSelector,
+    VoteRule, generate, select_tokens,
 };
 use gemfilter_models::{GAP_MARKER, Model, Request};
 use gemfilter_tests::{
@@ -29,13 +32,21 @@ fn load(name: &str, device: &Device) -> Model {
 
 /// Attention over blocks of queries (bounded memory) gives the logits of one big block.
 fn blocked_attention_matches_unblocked(device: &Device) {
-    let mut model = load("llama3-rope", device);
+    let model = load("llama3-rope", device);
     let ids = reference("llama3-rope").prompt_ids;
-    let whole = host_values(model.decoder().last_logits(&ids).unwrap());
+    let whole = host_values(
+        model
+            .decoder()
+            .last_logits(&ids, &RunOptions::default())
+            .unwrap(),
+    );
     // 4 heads × 164 keys per row: 700 scores per block forces one query row per block.
-    model.decoder_mut().set_fused_attention(false);
-    model.decoder_mut().set_max_scores_per_block(700);
-    let blocked = host_values(model.decoder().last_logits(&ids).unwrap());
+    let blocked_options = RunOptions {
+        fused_attention: false,
+        max_scores_per_block: 700,
+        ..RunOptions::default()
+    };
+    let blocked = host_values(model.decoder().last_logits(&ids, &blocked_options).unwrap());
     let error = max_abs_diff(&whole, &blocked);
     assert!(error < 1e-4, "blocked attention differs by {error}");
 }
@@ -44,23 +55,41 @@ fn blocked_attention_matches_unblocked(device: &Device) {
 /// a sliding window, and leaves the cache where one chunk would.
 fn chunked_prefill_matches_one_chunk(device: &Device) {
     for name in ["llama-gqa", "mistral-window"] {
-        let mut model = load(name, device);
+        let model = load(name, device);
         let ids = reference(name).prompt_ids;
         let mut cache = model.decoder().new_cache(ids.len() + 1);
-        let whole = host_values(model.decoder().prefill(&ids, &mut cache).unwrap());
-        model.decoder_mut().set_prefill_chunk(Some(7));
+        let whole = host_values(
+            model
+                .decoder()
+                .prefill(&ids, &mut cache, &RunOptions::default())
+                .unwrap(),
+        );
+        let chunked_options = RunOptions {
+            prefill_chunk: Some(7),
+            ..RunOptions::default()
+        };
         let mut chunked_cache = model.decoder().new_cache(ids.len() + 1);
-        let chunked = host_values(model.decoder().prefill(&ids, &mut chunked_cache).unwrap());
+        let chunked = host_values(
+            model
+                .decoder()
+                .prefill(&ids, &mut chunked_cache, &chunked_options)
+                .unwrap(),
+        );
         let error = max_abs_diff(&whole, &chunked);
         assert!(error < 1e-4, "{name}: chunked prefill differs by {error}");
         assert_eq!(chunked_cache.len(), ids.len());
         let step = host_values(
             model
                 .decoder()
-                .decode_step(ids[0], &mut chunked_cache)
+                .decode_step(ids[0], &mut chunked_cache, &chunked_options)
                 .unwrap(),
         );
-        let expected = host_values(model.decoder().decode_step(ids[0], &mut cache).unwrap());
+        let expected = host_values(
+            model
+                .decoder()
+                .decode_step(ids[0], &mut cache, &RunOptions::default())
+                .unwrap(),
+        );
         assert!(
             max_abs_diff(&step, &expected) < 1e-4,
             "{name}: decoding after chunks"
@@ -72,19 +101,25 @@ fn chunked_prefill_matches_one_chunk(device: &Device) {
 /// observed layer, same last queries, same kept positions.
 fn chunked_selection_pass_matches_one_pass(device: &Device) {
     for name in ["llama-gqa", "mistral-window"] {
-        let mut model = load(name, device);
+        let model = load(name, device);
         let reference = reference(name);
         let ids = reference.prompt_ids;
         let gem = reference.gemfilter;
         let stop = gem.filter_layer;
         let mut whole = All(Vec::new());
-        model.decoder().observe(&ids, stop, 6, &mut whole).unwrap();
+        model
+            .decoder()
+            .observe(&ids, stop, 6, &mut whole, &RunOptions::default())
+            .unwrap();
         for chunk in [7, 40] {
-            model.decoder_mut().set_selection_chunk(Some(chunk));
+            let chunked_options = RunOptions {
+                selection_chunk: Some(chunk),
+                ..RunOptions::default()
+            };
             let mut chunked = All(Vec::new());
             model
                 .decoder()
-                .observe(&ids, stop, 6, &mut chunked)
+                .observe(&ids, stop, 6, &mut chunked, &chunked_options)
                 .unwrap();
             assert_eq!(chunked.0.len(), whole.0.len(), "{name}: observed layers");
             for (a, b) in whole.0.iter().zip(&chunked.0) {
@@ -111,10 +146,10 @@ fn chunked_selection_pass_matches_one_pass(device: &Device) {
                 stop,
                 gem.top_k,
                 &GemFilterSelector::default(),
+                &chunked_options,
             )
             .unwrap();
             assert_eq!(selection.positions, gem.positions, "{name} chunk {chunk}");
-            model.decoder_mut().set_selection_chunk(None);
         }
     }
 }
@@ -127,20 +162,34 @@ fn cached_decoding_matches_recomputation(device: &Device) {
     let decoder = model.decoder();
     let split = ids.len() - 4;
     let mut cache = decoder.new_cache(ids.len());
-    let mut logits = host_values(decoder.prefill(&ids[..split], &mut cache).unwrap());
+    let mut logits = host_values(
+        decoder
+            .prefill(&ids[..split], &mut cache, &RunOptions::default())
+            .unwrap(),
+    );
     for end in split..=ids.len() {
-        let fresh = host_values(decoder.last_logits(&ids[..end]).unwrap());
+        let fresh = host_values(
+            decoder
+                .last_logits(&ids[..end], &RunOptions::default())
+                .unwrap(),
+        );
         let error = max_abs_diff(&logits, &fresh);
         assert!(
             error < 1e-4,
             "cached logits at length {end} differ by {error}"
         );
         if end < ids.len() {
-            logits = host_values(decoder.decode_step(ids[end], &mut cache).unwrap());
+            logits = host_values(
+                decoder
+                    .decode_step(ids[end], &mut cache, &RunOptions::default())
+                    .unwrap(),
+            );
         }
     }
     assert_eq!(cache.len(), ids.len());
-    let full = decoder.decode_step(0, &mut cache).unwrap_err();
+    let full = decoder
+        .decode_step(0, &mut cache, &RunOptions::default())
+        .unwrap_err();
     assert!(matches!(full, CoreError::CacheFull { .. }), "{full:?}");
 }
 
@@ -151,9 +200,11 @@ fn early_exit_probe_matches_observed_layer(device: &Device) {
     let decoder = model.decoder();
     let layers = decoder.config().num_layers;
     let mut all = All(Vec::new());
-    decoder.observe(&ids, layers - 1, 3, &mut all).unwrap();
+    decoder
+        .observe(&ids, layers - 1, 3, &mut all, &RunOptions::default())
+        .unwrap();
     assert_eq!(all.0.len(), layers);
-    let probe = decoder.probe(&ids, 2, 3).unwrap();
+    let probe = decoder.probe(&ids, 2, 3, &RunOptions::default()).unwrap();
     let seen = &all.0[2];
     assert_eq!(seen.layer, 2);
     assert_eq!(probe.queries.dims(), [4, 3, 16]);
@@ -169,12 +220,64 @@ fn early_exit_probe_matches_observed_layer(device: &Device) {
     assert!(max_abs_diff(&flat(&probe.keys), &flat(&seen.keys)) < 1e-6);
 }
 
+/// A pass a hook stopped hands back the hidden state entering that layer; running the remaining
+/// layers from it gives the logits of one uninterrupted pass (what propagation builds on).
+fn stopped_pass_resumes_to_the_same_logits(device: &Device) {
+    struct StopAt(usize);
+    impl LayerHook for StopAt {
+        fn at_layer(&mut self, view: &LayerView<'_>) -> Flow {
+            if view.layer == self.0 {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        }
+    }
+    let model = load("llama-gqa", device);
+    let ids = reference("llama-gqa").prompt_ids;
+    let decoder = model.decoder();
+    let options = RunOptions::default();
+    let layers = decoder.config().num_layers;
+    let whole = host_values(decoder.last_logits(&ids, &options).unwrap());
+    for stop in [0, 2, layers - 1] {
+        let pass = decoder
+            .forward(&ids, layers, &mut NoCache, &mut StopAt(stop), &options)
+            .unwrap();
+        assert_eq!(pass.next_layer, stop);
+        let rope = decoder.rope().tables(0, ids.len(), decoder.dtype());
+        let rest = decoder
+            .run_layers(
+                pass.hidden,
+                &rope,
+                stop..layers,
+                &mut NoCache,
+                &mut NoHook,
+                &options,
+            )
+            .unwrap();
+        assert_eq!(rest.next_layer, layers);
+        let error = max_abs_diff(&whole, &host_values(decoder.logits(rest.hidden)));
+        assert!(
+            error < 1e-5,
+            "resumed at layer {stop}: logits differ by {error}"
+        );
+    }
+}
+
 /// With k ≥ n GemFilter keeps everything and answers exactly like full attention.
 fn budget_above_prompt_keeps_everything(device: &Device) {
     let model = load("llama-tied", device);
     let ids = reference("llama-tied").prompt_ids;
     let selector = GemFilterSelector::default();
-    let selection = select_tokens(model.decoder(), &ids, 1, ids.len() + 50, &selector).unwrap();
+    let selection = select_tokens(
+        model.decoder(),
+        &ids,
+        1,
+        ids.len() + 50,
+        &selector,
+        &RunOptions::default(),
+    )
+    .unwrap();
     assert_eq!(selection.positions, (0..ids.len()).collect::<Vec<_>>());
     let config = GenerationConfig::greedy(6, Vec::new());
     let method = Method::GemFilter {
@@ -221,6 +324,7 @@ fn sampling_is_seeded(device: &Device) {
                 top_p,
                 seed,
             },
+            run: RunOptions::default(),
         };
         generate(model.decoder(), &r.prompt_ids, Method::Full, &config)
             .unwrap()
@@ -254,7 +358,7 @@ fn custom_selector_runs_through_the_pipeline(device: &Device) {
     let model = load("llama-gqa", device);
     let ids = reference("llama-gqa").prompt_ids;
     let request = Request {
-        selector: Some(&LastTokens),
+        selector: Some(Arc::new(LastTokens)),
         max_new_tokens: 4,
         ..Request::gemfilter(10)
     };
@@ -291,7 +395,15 @@ fn invalid_selections_are_refused(device: &Device) {
     }
     let model = load("llama-gqa", device);
     let ids = reference("llama-gqa").prompt_ids;
-    let err = select_tokens(model.decoder(), &ids, 1, 4, &Unsorted).unwrap_err();
+    let err = select_tokens(
+        model.decoder(),
+        &ids,
+        1,
+        4,
+        &Unsorted,
+        &RunOptions::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("not strictly ascending"), "{err}");
 }
 
@@ -365,11 +477,20 @@ fn composed_selectors_run_through_the_pipeline(device: &Device) {
         gem.filter_layer,
         gem.top_k,
         &GemFilterSelector::default(),
+        &RunOptions::default(),
     )
     .unwrap();
 
     let one_query = QuestionWindowSelector::new(1, HeadNormalization::Sum);
-    let same = select_tokens(decoder, &ids, gem.filter_layer, gem.top_k, &one_query).unwrap();
+    let same = select_tokens(
+        decoder,
+        &ids,
+        gem.filter_layer,
+        gem.top_k,
+        &one_query,
+        &RunOptions::default(),
+    )
+    .unwrap();
     assert_eq!(same.positions, paper.positions);
     assert_eq!(same.positions, gem.positions);
 
@@ -379,7 +500,15 @@ fn composed_selectors_run_through_the_pipeline(device: &Device) {
         HeadNormalization::MaxOverHeads,
     ] {
         let window = QuestionWindowSelector::new(8, norm);
-        let selection = select_tokens(decoder, &ids, gem.filter_layer, gem.top_k, &window).unwrap();
+        let selection = select_tokens(
+            decoder,
+            &ids,
+            gem.filter_layer,
+            gem.top_k,
+            &window,
+            &RunOptions::default(),
+        )
+        .unwrap();
         assert_eq!(selection.positions.len(), gem.top_k);
     }
 
@@ -390,10 +519,18 @@ fn composed_selectors_run_through_the_pipeline(device: &Device) {
         VoteRule::RankSum,
         GemFilterSelector::default(),
     );
-    let voted = select_tokens(decoder, &ids, gem.filter_layer, gem.top_k, &vote).unwrap();
+    let voted = select_tokens(
+        decoder,
+        &ids,
+        gem.filter_layer,
+        gem.top_k,
+        &vote,
+        &RunOptions::default(),
+    )
+    .unwrap();
     let separate: Vec<_> = layers
         .iter()
-        .map(|&l| decoder.probe(&ids, l, 1).unwrap())
+        .map(|&l| decoder.probe(&ids, l, 1, &RunOptions::default()).unwrap())
         .collect();
     let expected = vote.select_layers(&separate, gem.top_k).unwrap();
     assert_eq!(voted.positions, expected.positions);
@@ -404,7 +541,15 @@ fn composed_selectors_run_through_the_pipeline(device: &Device) {
         VoteRule::RankSum,
         GemFilterSelector::default(),
     );
-    let refused = select_tokens(decoder, &ids, gem.filter_layer, gem.top_k, &too_high).unwrap_err();
+    let refused = select_tokens(
+        decoder,
+        &ids,
+        gem.filter_layer,
+        gem.top_k,
+        &too_high,
+        &RunOptions::default(),
+    )
+    .unwrap_err();
     assert!(
         matches!(refused, CoreError::InvalidSelector { .. }),
         "{refused:?}"
@@ -416,7 +561,15 @@ fn composed_selectors_run_through_the_pipeline(device: &Device) {
 
     // Spans of radius 2 around the best positions fill the budget exactly.
     let spans = SpanSelector::new(GemFilterSelector::default(), SpanRule::Radius(2));
-    let spanned = select_tokens(decoder, &ids, gem.filter_layer, gem.top_k, &spans).unwrap();
+    let spanned = select_tokens(
+        decoder,
+        &ids,
+        gem.filter_layer,
+        gem.top_k,
+        &spans,
+        &RunOptions::default(),
+    )
+    .unwrap();
     assert_eq!(spanned.positions.len(), gem.top_k);
     assert_eq!(spanned.scores, paper.scores);
 
@@ -434,6 +587,7 @@ fn composed_selectors_run_through_the_pipeline(device: &Device) {
 }
 
 on_every_backend!(
+    stopped_pass_resumes_to_the_same_logits,
     chunked_prefill_matches_one_chunk,
     chunked_selection_pass_matches_one_pass,
     composed_selectors_run_through_the_pipeline,

@@ -4,7 +4,8 @@
 //! kept positions at two (filter layer, k) settings on a ~2K-token needle prompt.
 
 use gemfilter_core::{
-    GemFilterSelector, GenerationConfig, LayerObserver, Method, Probe, TokenSelector, generate,
+    GemFilterSelector, GenerationConfig, LayerObserver, Method, Probe, RunOptions, TokenSelector,
+    generate,
 };
 use gemfilter_models::Model;
 use gemfilter_tests::{Device, fixture_dir, last_logits, on_every_backend, smollm2_path};
@@ -105,7 +106,7 @@ fn needle_selection_matches_transformers(device: &Device) {
     let last = *layers.iter().max().unwrap();
     model
         .decoder()
-        .observe(&ids, last, 1, &mut observer)
+        .observe(&ids, last, 1, &mut observer, &RunOptions::default())
         .unwrap();
     let selector = GemFilterSelector::default();
     for expected in &reference.needle.selections {

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gemfilter_core::{ForwardProgress, ProgressHook};
+use gemfilter_core::{ForwardProgress, ProgressHook, RunOptions};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Whether progress should be drawn (stderr is a terminal).
@@ -42,6 +42,11 @@ pub fn counter(total: u64, what: &str) -> ProgressBar {
         .progress_chars("=> "),
     );
     bar
+}
+
+/// Default run options with the forward-pass progress bar of [`forward_hook`].
+pub fn run_options() -> RunOptions {
+    RunOptions::default().with_progress(forward_hook())
 }
 
 /// A hook drawing one bar per multi-token forward pass: tokens, layers done / layers of the

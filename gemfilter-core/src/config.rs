@@ -62,11 +62,21 @@ pub struct RopeConfig {
 }
 
 /// Activation used inside the gated MLP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
     /// `x * sigmoid(x)` (LLaMA, Mistral, Phi-3).
+    #[default]
     Silu,
+}
+
+impl Activation {
+    /// Applies the activation element-wise.
+    pub fn apply<const D: usize>(self, x: burn::tensor::Tensor<D>) -> burn::tensor::Tensor<D> {
+        match self {
+            Activation::Silu => burn::tensor::activation::silu(x),
+        }
+    }
 }
 
 /// Everything the decoder needs to know about an architecture's shapes and numerics.

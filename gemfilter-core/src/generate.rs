@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::compress::{CompressionOutcome, KvCompressor};
 use crate::decoder::Decoder;
 use crate::error::{CoreError, Result};
+use crate::options::RunOptions;
 use crate::selector::{Selection, TokenSelector};
 
 /// How the next token is chosen from the logits.
@@ -78,8 +79,8 @@ impl std::fmt::Debug for Method<'_> {
     }
 }
 
-/// Decoding parameters.
-#[derive(Debug, Clone, PartialEq)]
+/// Decoding parameters, and how the passes run.
+#[derive(Debug, Clone)]
 pub struct GenerationConfig {
     /// Upper bound on generated tokens.
     pub max_new_tokens: usize,
@@ -87,6 +88,8 @@ pub struct GenerationConfig {
     pub eos_token_ids: Vec<u32>,
     /// Token choice rule.
     pub sampling: Sampling,
+    /// Attention kernel, chunking and progress of every pass.
+    pub run: RunOptions,
 }
 
 impl GenerationConfig {
@@ -96,6 +99,7 @@ impl GenerationConfig {
             max_new_tokens,
             eos_token_ids,
             sampling: Sampling::Greedy,
+            run: RunOptions::default(),
         }
     }
 
@@ -177,6 +181,7 @@ pub fn select_tokens(
     filter_layer: usize,
     top_k: usize,
     selector: &dyn TokenSelector,
+    options: &RunOptions,
 ) -> Result<Selection> {
     if top_k == 0 {
         return Err(CoreError::ZeroTopK);
@@ -190,7 +195,7 @@ pub fn select_tokens(
             ),
         });
     }
-    let probes = decoder.probe_layers(prompt, &layers, selector.query_window())?;
+    let probes = decoder.probe_layers(prompt, &layers, selector.query_window(), options)?;
     let selection = selector.select_layers(&probes, top_k)?;
     selection.validate(selector.name(), prompt.len(), top_k)?;
     Ok(selection)
@@ -227,7 +232,8 @@ pub fn generate(
             top_k,
             selector,
         } => {
-            let selection = select_tokens(decoder, prompt, filter_layer, top_k, selector)?;
+            let selection =
+                select_tokens(decoder, prompt, filter_layer, top_k, selector, &config.run)?;
             let kept = selection.positions.iter().map(|&p| prompt[p]).collect();
             (kept, Some(selection))
         }
@@ -257,13 +263,14 @@ pub fn generate(
             }
             let entries = reduced.len().min(compressor.budget());
             let mut cache = decoder.new_cache(entries + config.max_new_tokens);
-            let (logits, outcome) = decoder.prefill_compressed(&reduced, &mut cache, compressor)?;
+            let (logits, outcome) =
+                decoder.prefill_compressed(&reduced, &mut cache, compressor, &config.run)?;
             (cache, logits, Some(outcome))
         }
         _ => {
             let capacity = (reduced.len() + config.max_new_tokens).min(max_positions);
             let mut cache = decoder.new_cache(capacity);
-            let logits = decoder.prefill(&reduced, &mut cache)?;
+            let logits = decoder.prefill(&reduced, &mut cache, &config.run)?;
             (cache, logits, None)
         }
     };
@@ -287,7 +294,7 @@ pub fn generate(
         if cache.len() >= cache.capacity() || cache.position() >= max_positions {
             break FinishReason::ContextFull;
         }
-        let logits = decoder.decode_step(next, &mut cache)?;
+        let logits = decoder.decode_step(next, &mut cache, &config.run)?;
         next = sampler.sample(logits)?;
     };
     timings.decode = started.elapsed();

@@ -3,6 +3,7 @@
 
 use crate::decoder::Decoder;
 use crate::error::{CoreError, Result};
+use crate::options::RunOptions;
 use crate::probe::{LayerObserver, Probe};
 use crate::selector::{Selection, TokenSelector};
 
@@ -15,6 +16,7 @@ pub fn selections_per_layer(
     top_k: usize,
     selector: &dyn TokenSelector,
     last_layer: usize,
+    options: &RunOptions,
 ) -> Result<Vec<Selection>> {
     if top_k == 0 {
         return Err(CoreError::ZeroTopK);
@@ -43,6 +45,12 @@ pub fn selections_per_layer(
         positions: prompt.len(),
         selections: Vec::new(),
     };
-    decoder.observe(prompt, last_layer, selector.query_window(), &mut observer)?;
+    decoder.observe(
+        prompt,
+        last_layer,
+        selector.query_window(),
+        &mut observer,
+        options,
+    )?;
     observer.selections.into_iter().collect()
 }

@@ -10,6 +10,13 @@
 //! ids[positions] ──Decoder::prefill──▶ KV cache + logits ──decode loop──▶ answer ids
 //! ```
 //!
+//! Inside, every pass is one loop over [`nn::DecoderLayer::forward`] (norm → attention →
+//! residual → norm → MLP → residual): a [`KvStore`] decides where each layer's keys and values go
+//! and which keys its queries see (the plain [`KvCache`], [`NoCache`], the baselines'
+//! [`CompressingStore`]); a [`LayerHook`] sees each layer before its attention and may stop the
+//! pass (the early exit) or collect probes; weights sit behind [`nn::Projection`]. Per-call
+//! settings come in [`RunOptions`]; a [`Decoder`] is immutable and shareable across threads.
+//!
 //! The baselines of the paper's comparison, SnapKV and H2O, compress the KV cache after a full
 //! prefill instead ([`compress`], [`Method::KvCompressed`]); they share the decode loop.
 //!
@@ -17,27 +24,33 @@
 //! where everything runs (flex or ndarray on the CPU, wgpu, CUDA), and nothing in this crate
 //! branches on it. File formats, tokenizers and model names live in `gemfilter-models`.
 
-pub mod cache;
 pub mod compress;
 pub mod config;
 pub mod decoder;
 pub mod error;
 pub mod generate;
+pub mod hook;
+pub mod kv;
 pub mod layers;
 pub mod nn;
+pub mod options;
 pub mod probe;
 pub mod selector;
 
-pub use cache::KvCache;
-pub use compress::{CompressionOutcome, H2o, HeadSharing, KvCompressor, Pooling, SnapKv};
+pub use compress::{
+    CompressingStore, CompressionOutcome, H2o, HeadSharing, KvCompressor, Pooling, SnapKv,
+};
 pub use config::{Activation, DecoderConfig, RopeConfig, RopeScaling};
-pub use decoder::{Decoder, DecoderWeights, ForwardProgress, ProgressHook};
+pub use decoder::{Decoder, DecoderWeights, Pass};
 pub use error::{CoreError, Result};
 pub use generate::{
     FinishReason, Generation, GenerationConfig, Method, PhaseTimings, Sampling, generate,
     select_tokens,
 };
+pub use hook::{Flow, LayerHook, LayerView, NoHook};
+pub use kv::{KvCache, KvStore, NoCache};
 pub use layers::selections_per_layer;
+pub use options::{DEFAULT_MAX_SCORES_PER_BLOCK, ForwardProgress, ProgressHook, RunOptions};
 pub use probe::{LayerObserver, Probe};
 pub use selector::{
     GemFilterSelector, HeadNormalization, LayerVoteSelector, QuestionWindowSelector, Selection,

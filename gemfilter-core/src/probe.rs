@@ -1,7 +1,13 @@
-//! What the early-exit hook exposes at a layer: post-RoPE queries of the last positions and
-//! post-RoPE keys of every position.
+//! The early-exit hook: what a selection pass exposes at a layer (post-RoPE queries of the last
+//! positions, post-RoPE keys of every position) and the passes that collect it.
 
 use burn::tensor::Tensor;
+
+use crate::decoder::Decoder;
+use crate::error::{CoreError, Result};
+use crate::hook::{Flow, LayerHook, LayerView};
+use crate::kv::{KvCache, NoCache};
+use crate::options::RunOptions;
 
 /// The view of one layer that token selectors score from.
 #[derive(Debug, Clone)]
@@ -45,10 +51,201 @@ impl Probe {
     }
 }
 
-/// Receives probes during [`Decoder::observe`](crate::Decoder::observe).
+/// Receives probes during [`Decoder::observe`].
 pub trait LayerObserver {
     /// Whether the probe of `layer` is wanted (the stop layer's always is).
     fn wants(&self, layer: usize) -> bool;
     /// Takes one layer's probe.
     fn observe(&mut self, probe: Probe);
+}
+
+/// The hook of a selection pass: hands `observer` the probes it wants and stops at `stop_layer`
+/// after probing it.
+struct ProbeHook<'a> {
+    observer: &'a mut dyn LayerObserver,
+    stop_layer: usize,
+    query_window: usize,
+}
+
+impl LayerHook for ProbeHook<'_> {
+    fn at_layer(&mut self, view: &LayerView<'_>) -> Flow {
+        let stop = view.layer == self.stop_layer;
+        if stop || self.observer.wants(view.layer) {
+            self.observer.observe(view.probe(self.query_window));
+        }
+        if stop { Flow::Stop } else { Flow::Continue }
+    }
+}
+
+impl Decoder {
+    /// The early-exit hook: layers `0..layer` run fully over `ids`; at `layer` only the normed
+    /// input, the post-RoPE queries of the last `query_window` positions and the post-RoPE keys of
+    /// all positions are computed; nothing after that runs.
+    pub fn probe(
+        &self,
+        ids: &[u32],
+        layer: usize,
+        query_window: usize,
+        options: &RunOptions,
+    ) -> Result<Probe> {
+        let mut probes = self.probe_layers(ids, &[layer], query_window, options)?;
+        probes.pop().ok_or(CoreError::InvalidParameter(format!(
+            "the selection pass did not reach layer {layer}"
+        )))
+    }
+
+    /// Probes of several `layers` (ascending, deduplicated) from one pass that stops at the
+    /// highest of them: every layer below it runs fully once, the highest as a probe only.
+    pub fn probe_layers(
+        &self,
+        ids: &[u32],
+        layers: &[usize],
+        query_window: usize,
+        options: &RunOptions,
+    ) -> Result<Vec<Probe>> {
+        struct Capture<'a> {
+            layers: &'a [usize],
+            probes: Vec<Probe>,
+        }
+        impl LayerObserver for Capture<'_> {
+            fn wants(&self, layer: usize) -> bool {
+                self.layers.contains(&layer)
+            }
+            fn observe(&mut self, probe: Probe) {
+                self.probes.push(probe);
+            }
+        }
+        let mut layers = layers.to_vec();
+        layers.sort_unstable();
+        layers.dedup();
+        let Some(&stop) = layers.last() else {
+            return Err(CoreError::InvalidParameter(
+                "no layer to probe: the selector asked for none".into(),
+            ));
+        };
+        let mut capture = Capture {
+            layers: &layers,
+            probes: Vec::with_capacity(layers.len()),
+        };
+        self.observe(ids, stop, query_window, &mut capture, options)?;
+        capture.probes.sort_by_key(|p| p.layer);
+        Ok(capture.probes)
+    }
+
+    /// Runs layers `0..stop_layer` fully and `stop_layer` as a probe only, handing `observer`
+    /// the probe of every layer it wants (and always of `stop_layer`). One pass serves
+    /// selectors that look at several layers.
+    pub fn observe(
+        &self,
+        ids: &[u32],
+        stop_layer: usize,
+        query_window: usize,
+        observer: &mut dyn LayerObserver,
+        options: &RunOptions,
+    ) -> Result<()> {
+        if stop_layer >= self.config().num_layers {
+            return Err(CoreError::FilterLayerOutOfRange {
+                layer: stop_layer,
+                num_layers: self.config().num_layers,
+            });
+        }
+        if query_window == 0 {
+            return Err(CoreError::InvalidParameter(
+                "the probe's query window must hold at least one position".into(),
+            ));
+        }
+        let chunk = options
+            .selection_chunk
+            .unwrap_or(usize::MAX)
+            .max(query_window);
+        if ids.len() > chunk {
+            return self.observe_chunked(ids, stop_layer, query_window, chunk, observer, options);
+        }
+        let mut hook = ProbeHook {
+            observer,
+            stop_layer,
+            query_window,
+        };
+        self.forward(ids, stop_layer + 1, &mut NoCache, &mut hook, options)?;
+        Ok(())
+    }
+
+    /// The selection pass in chunks (see [`RunOptions::selection_chunk`]): layers `0..stop_layer`
+    /// run chunk by chunk through a temporary cache, the keys of every observed layer are
+    /// gathered across chunks, and the queries come from the last chunk, which holds at least
+    /// `query_window` positions. The observer then sees the probes one pass would give.
+    fn observe_chunked(
+        &self,
+        ids: &[u32],
+        stop_layer: usize,
+        query_window: usize,
+        chunk: usize,
+        observer: &mut dyn LayerObserver,
+        options: &RunOptions,
+    ) -> Result<()> {
+        self.check_ids(ids, 0)?;
+        /// Per observed layer: the keys of every chunk so far and the latest chunk's queries.
+        struct Gather<'a> {
+            inner: &'a dyn LayerObserver,
+            layers: Vec<(usize, Vec<Tensor<3>>, Tensor<3>)>,
+        }
+        impl LayerObserver for Gather<'_> {
+            fn wants(&self, layer: usize) -> bool {
+                self.inner.wants(layer)
+            }
+            fn observe(&mut self, probe: Probe) {
+                match self.layers.iter_mut().find(|(l, _, _)| *l == probe.layer) {
+                    Some((_, keys, queries)) => {
+                        keys.push(probe.keys);
+                        *queries = probe.queries;
+                    }
+                    None => self
+                        .layers
+                        .push((probe.layer, vec![probe.keys], probe.queries)),
+                }
+            }
+        }
+        // Chunk boundaries, the last chunk at least `query_window` long.
+        let mut bounds: Vec<(usize, usize)> = Vec::new();
+        let mut start = 0;
+        while start < ids.len() {
+            let mut end = (start + chunk).min(ids.len());
+            if ids.len() - end < query_window && end < ids.len() {
+                end = ids.len();
+            }
+            bounds.push((start, end));
+            start = end;
+        }
+        let mut cache = KvCache::new(
+            stop_layer,
+            self.config().head_dim,
+            ids.len(),
+            self.dtype(),
+            self.device(),
+        );
+        let mut gather = Gather {
+            inner: &*observer,
+            layers: Vec::new(),
+        };
+        for &(start, end) in &bounds {
+            let mut hook = ProbeHook {
+                observer: &mut gather,
+                stop_layer,
+                query_window: query_window.min(end - start),
+            };
+            self.forward(
+                &ids[start..end],
+                stop_layer + 1,
+                &mut cache,
+                &mut hook,
+                options,
+            )?;
+        }
+        let mut layers = gather.layers;
+        layers.sort_by_key(|(layer, _, _)| *layer);
+        for (layer, keys, queries) in layers {
+            observer.observe(Probe::new(layer, queries, Tensor::cat(keys, 1)));
+        }
+        Ok(())
+    }
 }

@@ -30,7 +30,7 @@ pub mod segments;
 pub mod selector_spec;
 pub mod synthetic;
 
-pub use arch::{Architecture, TensorSpec};
+pub use arch::{Architecture, Family, GgufLayout, TensorSpec};
 pub use error::{ModelError, Result};
 pub use filter_layers::{
     Calibration, FilterLayerChoice, FilterLayerSource, LayerRecall, default_filter_layer,

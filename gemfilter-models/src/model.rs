@@ -1,11 +1,12 @@
 //! A ready model: decoder + tokenizer + chat template, loaded from the files people have.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::tensor::{DType, Device};
 use gemfilter_core::{
     Decoder, GemFilterSelector, Generation, GenerationConfig, H2o, HeadSharing, KvCompressor,
-    Method, Sampling, SnapKv, TokenSelector, generate,
+    Method, RunOptions, Sampling, SnapKv, TokenSelector, generate,
 };
 
 use crate::arch::Architecture;
@@ -68,7 +69,8 @@ pub struct ModelInfo {
     pub unused_tensors: Vec<String>,
 }
 
-/// A decoder with its tokenizer and chat template.
+/// A decoder with its tokenizer and chat template. Immutable once loaded: share it behind an
+/// `Arc` and answer requests from several threads; each [`Request`] carries its own settings.
 #[derive(Debug)]
 pub struct Model {
     decoder: Decoder,
@@ -76,6 +78,12 @@ pub struct Model {
     chat_template: Option<ChatTemplate>,
     info: ModelInfo,
 }
+
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Model>();
+    shareable::<Request>();
+};
 
 /// Which attention the answer is computed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,9 +142,10 @@ impl KvMethod {
     }
 }
 
-/// A text generation request.
-#[derive(Clone, Copy)]
-pub struct Request<'a> {
+/// A text generation request. It owns everything it needs, so it can be sent to another thread
+/// (a server's worker) and kept.
+#[derive(Clone)]
+pub struct Request {
     /// Full or GemFilter.
     pub mode: Mode,
     /// Upper bound on generated tokens.
@@ -146,10 +155,28 @@ pub struct Request<'a> {
     /// Greedy or nucleus sampling.
     pub sampling: Sampling,
     /// Selection rule in GemFilter mode (the paper's selector when `None`).
-    pub selector: Option<&'a dyn TokenSelector>,
+    pub selector: Option<Arc<dyn TokenSelector>>,
+    /// Attention kernel, chunking and progress of the passes.
+    pub run: RunOptions,
 }
 
-impl Request<'_> {
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("mode", &self.mode)
+            .field("max_new_tokens", &self.max_new_tokens)
+            .field("chat", &self.chat)
+            .field("sampling", &self.sampling)
+            .field(
+                "selector",
+                &self.selector.as_ref().map(|s| s.name().to_string()),
+            )
+            .field("run", &self.run)
+            .finish()
+    }
+}
+
+impl Request {
     /// GemFilter with the paper's selector at the model's default layer, greedy, 64 tokens.
     pub fn gemfilter(top_k: usize) -> Self {
         Self {
@@ -169,6 +196,7 @@ impl Request<'_> {
             chat: false,
             sampling: Sampling::Greedy,
             selector: None,
+            run: RunOptions::default(),
         }
     }
 }
@@ -331,11 +359,6 @@ impl Model {
         &self.decoder
     }
 
-    /// The decoder, e.g. to tune attention block sizes.
-    pub fn decoder_mut(&mut self) -> &mut Decoder {
-        &mut self.decoder
-    }
-
     /// The tokenizer.
     pub fn tokenizer(&self) -> &TextTokenizer {
         &self.tokenizer
@@ -370,15 +393,18 @@ impl Model {
     }
 
     /// Answers `prompt` as `request` says.
-    pub fn generate(&self, prompt: &str, request: &Request<'_>) -> Result<Answer> {
+    pub fn generate(&self, prompt: &str, request: &Request) -> Result<Answer> {
         let ids = self.prompt_ids(prompt, request.chat)?;
         self.generate_ids(&ids, request)
     }
 
     /// Answers a prompt given as token ids.
-    pub fn generate_ids(&self, prompt_ids: &[u32], request: &Request<'_>) -> Result<Answer> {
+    pub fn generate_ids(&self, prompt_ids: &[u32], request: &Request) -> Result<Answer> {
         let paper_selector = GemFilterSelector::default();
-        let selector = request.selector.unwrap_or(&paper_selector);
+        let selector: &dyn TokenSelector = match &request.selector {
+            Some(selector) => selector.as_ref(),
+            None => &paper_selector,
+        };
         let (method, filter_layer, top_k) = match request.mode {
             Mode::Full => (Method::Full, None, None),
             Mode::GemFilter {
@@ -424,7 +450,7 @@ impl Model {
         prompt_ids: &[u32],
         selection: &gemfilter_core::Selection,
         selection_layer: usize,
-        request: &Request<'_>,
+        request: &Request,
     ) -> Result<Answer> {
         let top_k = selection.positions.len();
         self.answer(
@@ -440,7 +466,7 @@ impl Model {
         &self,
         prompt_ids: &[u32],
         method: Method<'_>,
-        request: &Request<'_>,
+        request: &Request,
         filter_layer: Option<usize>,
         top_k: Option<usize>,
     ) -> Result<Answer> {
@@ -448,6 +474,7 @@ impl Model {
             max_new_tokens: request.max_new_tokens,
             eos_token_ids: self.info.eos_token_ids.clone(),
             sampling: request.sampling,
+            run: request.run.clone(),
         };
         let generation = generate(&self.decoder, prompt_ids, method, &config)?;
         let text = self.tokenizer.decode(&generation.tokens, true)?;

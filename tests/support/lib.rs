@@ -94,7 +94,13 @@ pub fn host_values(tensor: gemfilter_models::burn::tensor::Tensor<1>) -> Vec<f32
 
 /// Last-position logits of `ids` under `model`.
 pub fn last_logits(model: &gemfilter_models::Model, ids: &[u32]) -> Vec<f32> {
-    host_values(model.decoder().last_logits(ids).expect("forward runs"))
+    let options = gemfilter_core::RunOptions::default();
+    host_values(
+        model
+            .decoder()
+            .last_logits(ids, &options)
+            .expect("forward runs"),
+    )
 }
 
 /// Largest absolute element-wise difference.

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use gemfilter_core::Decoder;
 use gemfilter_core::burn::tensor::{DType, Device, Distribution, Tensor};
-use gemfilter_core::{GemFilterSelector, GenerationConfig, Method, generate};
+use gemfilter_core::{GemFilterSelector, GenerationConfig, Method, RunOptions, generate};
 use gemfilter_models::needle::{Haystack, Needle, SplitMix64, build_prompt};
 use gemfilter_models::{Architecture, Model, default_filter_layer, synthetic};
 use serde::Serialize;
@@ -127,7 +127,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     synthetic::SHAPES.join(", ")
                 )
             })?;
-            let layer = default_filter_layer(Architecture::Llama, &config).layer;
+            let layer = default_filter_layer(Architecture::LLAMA, &config).layer;
             Subject::Synthetic {
                 name: name.clone(),
                 decoder: Box::new(Decoder::random(config, &compute.device, compute.dtype)?),
@@ -139,12 +139,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             &compute,
         )?)),
     };
-    let mut subject = subject;
-    let decoder = subject.decoder_mut();
-    decoder.set_fused_attention(!args.no_fused_attention);
-    decoder.set_prefill_chunk(args.prefill_chunk);
-    decoder.set_selection_chunk(args.selection_chunk);
-    decoder.set_progress_hook(None);
+    let run = RunOptions {
+        fused_attention: !args.no_fused_attention,
+        prefill_chunk: args.prefill_chunk,
+        selection_chunk: args.selection_chunk,
+        ..RunOptions::default()
+    };
     let layer = args.filter_layer.unwrap_or(subject.default_layer());
     let max_positions = subject.decoder().config().max_position_embeddings;
     if let Some(&too_long) = args.lengths.iter().find(|&&l| l > max_positions) {
@@ -154,7 +154,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let selector = GemFilterSelector::default();
     // No EOS: every run decodes the same number of tokens.
-    let config = GenerationConfig::greedy(args.decode_tokens + 1, Vec::new());
+    let config = GenerationConfig {
+        run,
+        ..GenerationConfig::greedy(args.decode_tokens + 1, Vec::new())
+    };
     let matmul_peak = args.matmul_peak.then(|| {
         let gflops = matmul_peak_gflops(subject.decoder().device(), compute.dtype);
         if !args.json {
@@ -475,13 +478,6 @@ impl Subject {
     fn decoder(&self) -> &Decoder {
         match self {
             Subject::Model(model) => model.decoder(),
-            Subject::Synthetic { decoder, .. } => decoder,
-        }
-    }
-
-    fn decoder_mut(&mut self) -> &mut Decoder {
-        match self {
-            Subject::Model(model) => model.decoder_mut(),
             Subject::Synthetic { decoder, .. } => decoder,
         }
     }

@@ -79,6 +79,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
 
     let probes = args.lengths.len() * args.depths.len();
     let bar = progress::counter(probes as u64, "calibration prompts");
+    let run = progress::run_options();
     // recall[spec][length index][layer], summed over depths.
     let mut sums = vec![vec![vec![0.0f64; config.num_layers]; args.lengths.len()]; specs.len()];
     for (li, &length) in args.lengths.iter().enumerate() {
@@ -100,9 +101,13 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
                 top_k: args.top_k,
                 recalls: Vec::new(),
             };
-            model
-                .decoder()
-                .observe(&prompt.ids, config.num_layers - 1, window, &mut observer)?;
+            model.decoder().observe(
+                &prompt.ids,
+                config.num_layers - 1,
+                window,
+                &mut observer,
+                &run,
+            )?;
             for (layer, per_spec) in observer.recalls.into_iter().enumerate() {
                 for (si, recall) in per_spec?.into_iter().enumerate() {
                     sums[si][li][layer] += recall;

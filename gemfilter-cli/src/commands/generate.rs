@@ -12,6 +12,7 @@ use serde_json::json;
 use super::needle::KvHeads;
 use super::{ComputeArgs, load_model};
 use crate::backend::Backend;
+use crate::progress;
 
 /// Arguments of `gemfilter generate`.
 #[derive(Debug, Args)]
@@ -139,7 +140,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         max_new_tokens: args.max_new_tokens,
         chat: args.chat,
         sampling,
-        selector: Some(selector.as_ref()),
+        selector: Some(selector.into()),
+        run: progress::run_options(),
     };
     let answer = model.generate_ids(&ids, &request)?;
     if args.json {

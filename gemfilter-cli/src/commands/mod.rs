@@ -110,9 +110,5 @@ pub fn load_model(path: &Path, compute: &Compute) -> Result<Model> {
     let model = Model::load_with(path, &compute.device, &options)
         .with_context(|| format!("cannot load model {}", path.display()));
     spinner.finish_and_clear();
-    let mut model = model?;
     model
-        .decoder_mut()
-        .set_progress_hook(progress::forward_hook());
-    Ok(model)
 }

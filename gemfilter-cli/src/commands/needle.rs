@@ -330,6 +330,7 @@ pub fn run_cell(
         chat: false,
         sampling: Sampling::Greedy,
         selector: None,
+        run: progress::run_options(),
     };
     memory::reset_peak();
     let answer = model.generate_ids(&prompt.ids, &request)?;
@@ -444,7 +445,10 @@ pub fn run_selector_cells(
         .unwrap_or(1);
     memory::reset_peak();
     let started = Instant::now();
-    let probes = model.decoder().probe_layers(&prompt.ids, &layers, window)?;
+    let run = progress::run_options();
+    let probes = model
+        .decoder()
+        .probe_layers(&prompt.ids, &layers, window, &run)?;
     let pass = started.elapsed();
     let request = Request {
         mode: Mode::Full, // ignored by generate_preselected
@@ -452,6 +456,7 @@ pub fn run_selector_cells(
         chat: false,
         sampling: Sampling::Greedy,
         selector: None,
+        run,
     };
     let mut cells = Vec::with_capacity(specs.len());
     for (spec, selector) in specs.iter().zip(&selectors) {

@@ -5,13 +5,16 @@
 //! and head, `budget` cache entries: the most important earlier positions by a method-specific
 //! score plus a window of the most recent positions. Decoding then proceeds on the compressed
 //! cache, at the rotary positions the full prompt would have had. A [`KvCompressor`] supplies
-//! the scores; [`Decoder::prefill_compressed`](crate::Decoder::prefill_compressed) does the rest.
+//! the scores; [`CompressingStore`] keeps what they rank best, layer by layer, and
+//! [`Decoder::prefill_compressed`](crate::Decoder::prefill_compressed) runs a prompt through it.
 
 mod h2o;
 mod snapkv;
+mod store;
 
 pub use h2o::H2o;
 pub use snapkv::{Pooling, SnapKv};
+pub use store::CompressingStore;
 
 use burn::tensor::{Int, Tensor, TensorData};
 

@@ -1,24 +1,24 @@
 //! Grouped-query self-attention with a causal (optionally sliding-window) mask.
 
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Device, Int, Tensor};
 
+use super::projection::Projection;
 use super::rope::RopeTables;
 
 /// The four projections of one attention block. Field names follow Hugging Face checkpoints.
 #[derive(Module, Debug)]
 pub struct Attention {
     /// Hidden → query heads.
-    pub q_proj: Linear,
+    pub q_proj: Projection,
     /// Hidden → key heads.
-    pub k_proj: Linear,
+    pub k_proj: Projection,
     /// Hidden → value heads.
-    pub v_proj: Linear,
+    pub v_proj: Projection,
     /// Concatenated heads → hidden.
-    pub o_proj: Linear,
+    pub o_proj: Projection,
     /// Number of query heads.
     pub num_heads: usize,
     /// Number of key/value heads.
@@ -44,6 +44,76 @@ pub struct AttentionSpan {
     pub fused: bool,
 }
 
+/// How one pass computes attention: the model's sliding window and the run's kernel choices.
+/// [`KvStore`](crate::kv::KvStore)s call it with the keys they make visible.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionKernel {
+    /// The model's sliding window, if any.
+    pub window: Option<usize>,
+    /// Bound on the scores materialised at once (see [`AttentionSpan::max_scores_per_block`]).
+    pub max_scores_per_block: usize,
+    /// Whether the backend's fused op may be used where it applies.
+    pub fused: bool,
+}
+
+impl AttentionKernel {
+    fn span(&self, query_start: usize, key_start: usize) -> AttentionSpan {
+        AttentionSpan {
+            query_start,
+            key_start,
+            window: self.window,
+            max_scores_per_block: self.max_scores_per_block,
+            fused: self.fused,
+        }
+    }
+
+    /// softmax(q·kᵀ/√d + causal mask)·v, `[1, heads, queries, head_dim]`, for queries at
+    /// positions `query_start..` over keys at positions `key_start..`.
+    pub fn attend(&self, qkv: Qkv, query_start: usize, key_start: usize) -> Tensor<4> {
+        grouped_attention(
+            qkv.queries,
+            qkv.keys,
+            qkv.values,
+            self.span(query_start, key_start),
+        )
+    }
+
+    /// [`attend`](Self::attend) that also returns, for every query head and key, the attention
+    /// probability summed over all queries (`[1, heads, keys]`, f32): H2O's accumulated
+    /// attention. It runs the blocked path, since fused kernels never expose the probabilities.
+    pub fn attend_with_column_sums(
+        &self,
+        qkv: Qkv,
+        query_start: usize,
+        key_start: usize,
+    ) -> (Tensor<4>, Tensor<3>) {
+        let [batch, heads, _, _] = qkv.queries.dims();
+        let num_keys = qkv.keys.dims()[2];
+        let device = qkv.queries.device();
+        let mut sums = Some(Tensor::<3>::zeros([batch, heads, num_keys], &device).cast(DType::F32));
+        let context = blocked_attention_impl(
+            qkv.queries,
+            qkv.keys,
+            qkv.values,
+            self.span(query_start, key_start),
+            &mut sums,
+        );
+        (context, sums.expect("the blocked path hands the sums back"))
+    }
+}
+
+/// Post-RoPE queries and keys and the values of the positions a layer processes, each
+/// `[batch, heads or kv_heads, positions, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct Qkv {
+    /// Post-RoPE queries, `[batch, heads, positions, head_dim]`.
+    pub queries: Tensor<4>,
+    /// Post-RoPE keys, `[batch, kv_heads, positions, head_dim]`.
+    pub keys: Tensor<4>,
+    /// Values, `[batch, kv_heads, positions, head_dim]`.
+    pub values: Tensor<4>,
+}
+
 impl Attention {
     /// Uninitialised projections of the given shape (weights are expected to be loaded).
     pub fn new(
@@ -54,12 +124,12 @@ impl Attention {
         bias: bool,
         device: &Device,
     ) -> Self {
-        let linear = |d_in, d_out| LinearConfig::new(d_in, d_out).with_bias(bias).init(device);
+        let projection = |d_in, d_out| Projection::dense(d_in, d_out, bias, device);
         Self {
-            q_proj: linear(hidden, num_heads * head_dim),
-            k_proj: linear(hidden, num_kv_heads * head_dim),
-            v_proj: linear(hidden, num_kv_heads * head_dim),
-            o_proj: linear(num_heads * head_dim, hidden),
+            q_proj: projection(hidden, num_heads * head_dim),
+            k_proj: projection(hidden, num_kv_heads * head_dim),
+            v_proj: projection(hidden, num_kv_heads * head_dim),
+            o_proj: projection(num_heads * head_dim, hidden),
             num_heads,
             num_kv_heads,
             head_dim,
@@ -89,42 +159,14 @@ impl Attention {
         split_heads(self.v_proj.forward(x), self.num_kv_heads, self.head_dim)
     }
 
-    /// Attention of `queries` over `keys`/`values` followed by the output projection.
-    /// Returns `[batch, positions, hidden]`.
-    pub fn attend(
-        &self,
-        queries: Tensor<4>,
-        keys: Tensor<4>,
-        values: Tensor<4>,
-        span: AttentionSpan,
-    ) -> Tensor<3> {
-        let context = grouped_attention(queries, keys, values, span);
+    /// The output projection of an attention context `[batch, heads, positions, head_dim]`:
+    /// heads concatenated, then `o_proj`. Returns `[batch, positions, hidden]`.
+    pub fn output(&self, context: Tensor<4>) -> Tensor<3> {
         let [batch, heads, positions, head_dim] = context.dims();
         let merged = context
             .swap_dims(1, 2)
             .reshape([batch, positions, heads * head_dim]);
         self.o_proj.forward(merged)
-    }
-
-    /// [`attend`](Self::attend) that also returns, for every query head and key, the attention
-    /// probability summed over all queries (`[batch, heads, keys]`): H2O's accumulated
-    /// attention. It runs the blocked path, since fused kernels never expose the probabilities.
-    pub fn attend_with_column_sums(
-        &self,
-        queries: Tensor<4>,
-        keys: Tensor<4>,
-        values: Tensor<4>,
-        span: AttentionSpan,
-    ) -> (Tensor<3>, Tensor<3>) {
-        let (context, sums) = blocked_attention_impl(queries, keys, values, span, true);
-        let [batch, heads, positions, head_dim] = context.dims();
-        let merged = context
-            .swap_dims(1, 2)
-            .reshape([batch, positions, heads * head_dim]);
-        (
-            self.o_proj.forward(merged),
-            sums.expect("column sums requested"),
-        )
     }
 }
 
@@ -240,17 +282,18 @@ fn blocked_attention(
     values: Tensor<4>,
     span: AttentionSpan,
 ) -> Tensor<4> {
-    blocked_attention_impl(queries, keys, values, span, false).0
+    blocked_attention_impl(queries, keys, values, span, &mut None)
 }
 
-/// The blocked path, optionally summing each key's probabilities over all queries.
+/// The blocked path, optionally adding each key's probabilities summed over all queries to
+/// `column_sums` (`[batch, heads, keys]`, f32).
 fn blocked_attention_impl(
     queries: Tensor<4>,
     keys: Tensor<4>,
     values: Tensor<4>,
     span: AttentionSpan,
-    column_sums: bool,
-) -> (Tensor<4>, Option<Tensor<3>>) {
+    column_sums: &mut Option<Tensor<3>>,
+) -> Tensor<4> {
     let [batch, heads, num_queries, head_dim] = queries.dims();
     let [_, kv_heads, num_keys, _] = keys.dims();
     let groups = heads / kv_heads;
@@ -261,8 +304,6 @@ fn blocked_attention_impl(
     let rows_per_block =
         (span.max_scores_per_block / (heads * num_keys).max(1)).clamp(1, num_queries);
     let mut outputs = Vec::with_capacity(num_queries.div_ceil(rows_per_block));
-    let mut sums =
-        column_sums.then(|| Tensor::<3>::zeros([batch, heads, num_keys], &device).cast(DType::F32));
     let mut first = 0;
     while first < num_queries {
         let rows = rows_per_block.min(num_queries - first);
@@ -307,14 +348,14 @@ fn blocked_attention_impl(
             None => scores,
         };
         let probabilities = softmax(scores.cast(DType::F32), 4);
-        if let Some(total) = sums.take() {
+        if let Some(total) = column_sums.take() {
             let block = probabilities
                 .clone()
                 .sum_dim(3)
                 .reshape([batch, heads, visible]);
             let range = [0..batch, 0..heads, key_lo..key_hi];
             let updated = total.clone().slice(range.clone()) + block;
-            sums = Some(total.slice_assign(range, updated));
+            *column_sums = Some(total.slice_assign(range, updated));
         }
         let context = probabilities
             .cast(dtype)
@@ -324,12 +365,11 @@ fn blocked_attention_impl(
         outputs.push(context);
         first += rows;
     }
-    let context = if outputs.len() == 1 {
+    if outputs.len() == 1 {
         outputs.pop().expect("one block")
     } else {
         Tensor::cat(outputs, 2)
-    };
-    (context, sums)
+    }
 }
 
 /// True where a query (rows, absolute positions `query_start..`) may not see a key (columns,

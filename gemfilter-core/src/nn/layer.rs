@@ -1,10 +1,13 @@
-//! One pre-norm decoder layer.
+//! One pre-norm decoder layer: the unit every pass is a loop over.
 
 use burn::module::Module;
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
-use super::{Attention, Mlp, RmsNorm};
+use super::{Attention, AttentionKernel, Mlp, Qkv, RmsNorm, RopeTables};
 use crate::config::DecoderConfig;
+use crate::error::Result;
+use crate::hook::{Flow, LayerHook, LayerView};
+use crate::kv::KvStore;
 
 /// `h += attn(norm(h)); h += mlp(norm(h))`. Field names follow Hugging Face checkpoints.
 #[derive(Module, Debug)]
@@ -17,6 +20,27 @@ pub struct DecoderLayer {
     pub post_attention_layernorm: RmsNorm,
     /// Feed-forward block.
     pub mlp: Mlp,
+}
+
+/// What a layer needs besides its input: its index, the rotary tables of the pass's positions
+/// and how attention is computed.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerContext<'a> {
+    /// Index of the layer (0-based), for the KV store and the hook.
+    pub index: usize,
+    /// Rotary tables of the positions the pass processes.
+    pub rope: &'a RopeTables,
+    /// The attention kernel of the pass.
+    pub kernel: &'a AttentionKernel,
+}
+
+/// What a layer hands back.
+#[derive(Debug, Clone)]
+pub enum LayerOutput {
+    /// The layer ran: its output hidden state.
+    Hidden(Tensor<3>),
+    /// The hook stopped the pass at this layer: the hidden state that entered it, untouched.
+    Stopped(Tensor<3>),
 }
 
 impl DecoderLayer {
@@ -37,8 +61,43 @@ impl DecoderLayer {
                 config.hidden_size,
                 config.intermediate_size,
                 config.mlp_bias,
+                config.activation,
                 device,
             ),
         }
+    }
+
+    /// Runs the layer over `hidden` (`[1, positions, hidden]`): norm → attention through `kv`
+    /// → residual → norm → MLP → residual. `hook` sees the layer once its keys exist and may
+    /// stop the pass before its attention.
+    pub fn forward(
+        &self,
+        hidden: Tensor<3>,
+        context: LayerContext<'_>,
+        kv: &mut dyn KvStore,
+        hook: &mut dyn LayerHook,
+    ) -> Result<LayerOutput> {
+        let attention = &self.self_attn;
+        let normed = self.input_layernorm.forward(hidden.clone());
+        let keys = attention.keys(normed.clone(), context.rope);
+        let view = LayerView {
+            layer: context.index,
+            normed: &normed,
+            keys: &keys,
+            attention,
+            rope: context.rope,
+        };
+        if hook.at_layer(&view) == Flow::Stop {
+            return Ok(LayerOutput::Stopped(hidden));
+        }
+        let qkv = Qkv {
+            queries: attention.queries(normed.clone(), context.rope),
+            keys,
+            values: attention.values(normed),
+        };
+        let attended = kv.attend(context.index, qkv, context.kernel)?;
+        let hidden = hidden + attention.output(attended);
+        let mlp_input = self.post_attention_layernorm.forward(hidden.clone());
+        Ok(LayerOutput::Hidden(hidden + self.mlp.forward(mlp_input)))
     }
 }

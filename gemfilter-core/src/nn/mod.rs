@@ -1,13 +1,15 @@
-//! Decoder building blocks: normalisation, rotary embeddings, attention, MLP, layer.
+//! Decoder building blocks: normalisation, rotary embeddings, projections, attention, MLP, layer.
 
 pub mod attention;
 pub mod layer;
 pub mod mlp;
 pub mod norm;
+pub mod projection;
 pub mod rope;
 
-pub use attention::{Attention, AttentionSpan};
-pub use layer::DecoderLayer;
+pub use attention::{Attention, AttentionKernel, AttentionSpan, Qkv};
+pub use layer::{DecoderLayer, LayerContext, LayerOutput};
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
-pub use rope::{RopeTables, RotaryEmbedding};
+pub use projection::Projection;
+pub use rope::{RopeCache, RopeTables, RotaryEmbedding};

@@ -1,6 +1,8 @@
 //! Rotary position embeddings (rotate-half convention, as Hugging Face `transformers` applies them).
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use std::sync::RwLock;
+
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::config::{RopeConfig, RopeScaling};
 
@@ -83,25 +85,29 @@ impl RotaryEmbedding {
     /// The inverse frequencies in use for a forward pass whose largest position is
     /// `max_position` (longrope switches to its long factors past the original context).
     pub fn inv_freq(&self, max_position: usize) -> &[f32] {
-        match (&self.config.scaling, &self.inv_freq_long) {
-            (
-                RopeScaling::LongRope {
-                    original_max_position_embeddings,
-                    ..
-                },
-                Some(long),
-            ) if max_position + 1 > *original_max_position_embeddings => long,
+        match &self.inv_freq_long {
+            Some(long) if self.uses_long_factors(max_position) => long,
             _ => &self.inv_freq,
         }
     }
 
-    /// Tables for positions `start..start + len`, in `dtype`, on `device`.
-    pub fn tables(&self, start: usize, len: usize, dtype: DType, device: &Device) -> RopeTables {
-        let inv_freq = self.inv_freq(start + len - 1);
-        let half = inv_freq.len();
-        let mut cos = Vec::with_capacity(len * half);
-        let mut sin = Vec::with_capacity(len * half);
-        for position in start..start + len {
+    /// Whether a pass whose largest position is `max_position` uses longrope's long factors.
+    fn uses_long_factors(&self, max_position: usize) -> bool {
+        match &self.config.scaling {
+            RopeScaling::LongRope {
+                original_max_position_embeddings,
+                ..
+            } => max_position + 1 > *original_max_position_embeddings,
+            _ => false,
+        }
+    }
+
+    /// Cosine and sine of every position `0..len` for `inv_freq` (each `[len, inv_freq.len()]`,
+    /// row-major), scaled by the attention factor, in f32 arithmetic like the reference.
+    fn host_tables(&self, inv_freq: &[f32], len: usize) -> (Vec<f32>, Vec<f32>) {
+        let mut cos = Vec::with_capacity(len * inv_freq.len());
+        let mut sin = Vec::with_capacity(len * inv_freq.len());
+        for position in 0..len {
             let p = position as f32;
             for f in inv_freq {
                 let angle = p * f;
@@ -109,14 +115,97 @@ impl RotaryEmbedding {
                 sin.push(angle.sin() * self.attention_factor);
             }
         }
-        let to_tensor = |values: Vec<f32>| {
-            Tensor::<2>::from_data(TensorData::new(values, [len, half]), device).cast(dtype)
-        };
+        (cos, sin)
+    }
+}
+
+/// The rotary tables of one model on one device: computed once per frequency set (longrope has
+/// two: within and beyond the original context), grown on demand up to the longest pass seen,
+/// and sliced per call, so no pass rebuilds or uploads them. Shareable across threads.
+#[derive(Debug)]
+pub struct RopeCache {
+    embedding: RotaryEmbedding,
+    device: Device,
+    max_positions: usize,
+    /// `[plain or short factors, long factors]`, each covering positions `0..rows`.
+    tables: RwLock<[Option<RopeTables>; 2]>,
+}
+
+/// Fewest positions a table is built for, so short prompts followed by decoding do not regrow it.
+const MIN_TABLE_POSITIONS: usize = 1024;
+
+impl RopeCache {
+    /// Tables for `config` on `device`, for positions below `max_positions`; nothing is
+    /// computed before the first pass.
+    pub fn new(config: &RopeConfig, max_positions: usize, device: &Device) -> Self {
+        Self {
+            embedding: RotaryEmbedding::new(config),
+            device: device.clone(),
+            max_positions,
+            tables: RwLock::new([None, None]),
+        }
+    }
+
+    /// The frequencies behind the tables.
+    pub fn embedding(&self) -> &RotaryEmbedding {
+        &self.embedding
+    }
+
+    /// Tables in `dtype` for the contiguous positions `start..start + len` (`len > 0`).
+    pub fn tables(&self, start: usize, len: usize, dtype: DType) -> RopeTables {
+        let end = start + len;
+        self.full_table(end - 1, end, dtype).narrow(start, len)
+    }
+
+    /// Tables for arbitrary `positions` (non-empty), in the order given: what a pass over a
+    /// subset of a prompt's tokens at their original positions rotates with.
+    pub fn tables_at(&self, positions: &[usize], dtype: DType) -> RopeTables {
+        let max = positions.iter().copied().max().unwrap_or(0);
+        let table = self.full_table(max, max + 1, dtype);
+        let rows: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
+        let rows =
+            Tensor::<1, Int>::from_data(TensorData::new(rows, [positions.len()]), &self.device);
         RopeTables {
+            cos: table.cos.select(0, rows.clone()),
+            sin: table.sin.select(0, rows),
+            rotary_dim: table.rotary_dim,
+        }
+    }
+
+    /// The table in `dtype` of the frequency set a pass reaching `max_position` uses, holding
+    /// at least `rows` positions.
+    fn full_table(&self, max_position: usize, rows: usize, dtype: DType) -> RopeTables {
+        let slot = usize::from(self.embedding.uses_long_factors(max_position));
+        let fits = |table: &RopeTables| table.cos.dims()[0] >= rows && table.cos.dtype() == dtype;
+        {
+            let tables = self.tables.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(table) = tables[slot].as_ref().filter(|t| fits(t)) {
+                return table.clone();
+            }
+        }
+        let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(table) = tables[slot].as_ref().filter(|t| fits(t)) {
+            return table.clone();
+        }
+        // Double (or more) so that a growing decode rebuilds the table O(log n) times.
+        let held = tables[slot].as_ref().map_or(0, |t| t.cos.dims()[0]);
+        let len = rows
+            .max(2 * held)
+            .max(MIN_TABLE_POSITIONS)
+            .min(self.max_positions.max(rows));
+        let inv_freq = self.embedding.inv_freq(max_position);
+        let half = inv_freq.len();
+        let (cos, sin) = self.embedding.host_tables(inv_freq, len);
+        let to_tensor = |values: Vec<f32>| {
+            Tensor::<2>::from_data(TensorData::new(values, [len, half]), &self.device).cast(dtype)
+        };
+        let table = RopeTables {
             cos: to_tensor(cos),
             sin: to_tensor(sin),
-            rotary_dim: self.config.rotary_dim,
-        }
+            rotary_dim: self.embedding.config.rotary_dim,
+        };
+        tables[slot] = Some(table.clone());
+        table
     }
 }
 
@@ -178,5 +267,71 @@ impl RopeTables {
             let rest = x.narrow(3, self.rotary_dim, head_dim - self.rotary_dim);
             Tensor::cat(vec![first, second, rest], 3)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(t: Tensor<2>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+    }
+
+    fn long_rope() -> RopeConfig {
+        RopeConfig {
+            theta: 10_000.0,
+            rotary_dim: 4,
+            scaling: RopeScaling::LongRope {
+                short_factor: vec![1.0, 2.0],
+                long_factor: vec![3.0, 4.0],
+                original_max_position_embeddings: 8,
+                attention_factor: 1.5,
+            },
+        }
+    }
+
+    /// Slices of the cached tables equal tables computed for exactly those positions, across
+    /// growth of the table and for gathered positions.
+    #[test]
+    fn cached_tables_are_the_positions_own() {
+        let device = Device::flex();
+        let config = RopeConfig {
+            theta: 10_000.0,
+            rotary_dim: 8,
+            scaling: RopeScaling::None,
+        };
+        let cache = RopeCache::new(&config, 5000, &device);
+        let embedding = RotaryEmbedding::new(&config);
+        let (cos, sin) = embedding.host_tables(embedding.inv_freq(0), 3000);
+        let half = 4;
+        for (start, len) in [(0, 7), (5, 1), (1500, 3), (2990, 10)] {
+            let tables = cache.tables(start, len, DType::F32);
+            assert_eq!(host(tables.cos), cos[start * half..(start + len) * half]);
+            assert_eq!(host(tables.sin), sin[start * half..(start + len) * half]);
+        }
+        let positions = [3, 2999, 17, 17];
+        let gathered = cache.tables_at(&positions, DType::F32);
+        let expected: Vec<f32> = positions
+            .iter()
+            .flat_map(|&p| cos[p * half..(p + 1) * half].to_vec())
+            .collect();
+        assert_eq!(host(gathered.cos), expected);
+    }
+
+    /// Longrope keeps one table per factor set: a pass reaching past the original context uses
+    /// the long factors for all its positions, a shorter one the short factors.
+    #[test]
+    fn longrope_switches_tables_at_the_original_context() {
+        let device = Device::flex();
+        let config = long_rope();
+        let cache = RopeCache::new(&config, 64, &device);
+        let embedding = RotaryEmbedding::new(&config);
+        let (short, _) = embedding.host_tables(embedding.inv_freq(0), 16);
+        let (long, _) = embedding.host_tables(embedding.inv_freq(63), 16);
+        assert_ne!(short, long);
+        assert_eq!(host(cache.tables(0, 8, DType::F32).cos), short[..16]);
+        assert_eq!(host(cache.tables(0, 9, DType::F32).cos), long[..18]);
+        assert_eq!(host(cache.tables(2, 3, DType::F32).cos), short[4..10]);
     }
 }

@@ -73,7 +73,7 @@ impl Selection {
 /// A selector that reads several layers overrides [`layers`](Self::layers) and
 /// [`select_layers`](Self::select_layers); all of them come from the one selection pass, which
 /// stops at the highest layer asked for (never above the filter layer).
-pub trait TokenSelector {
+pub trait TokenSelector: Send + Sync {
     /// Short name for reports.
     fn name(&self) -> &str;
 

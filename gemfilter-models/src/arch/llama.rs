@@ -2,13 +2,75 @@
 
 use gemfilter_core::{Activation, DecoderConfig};
 
-use super::TensorSpec;
+use super::{Family, GgufLayout, TensorSpec};
 use crate::error::{ModelError, Result};
+use crate::gguf::Permute;
 use crate::hf::json::JsonFile;
 use crate::hf::rope::{RopeDefaults, parse_rope};
 
-/// `model_type` of this family in `config.json`.
-pub const MODEL_TYPE: &str = "llama";
+/// A family laid out like LLaMA (pre-norm layers, separate or fused q/k/v, gated MLP),
+/// described by data: its names, its `config.json` defaults, its tensors and its GGUF layout.
+#[derive(Clone, Copy)]
+pub struct LlamaLike {
+    /// `model_type` in `config.json`.
+    pub model_type: &'static str,
+    /// The transformers class.
+    pub class_name: &'static str,
+    /// Values of fields `config.json` may omit.
+    pub defaults: FamilyDefaults,
+    /// The tensors a checkpoint holds.
+    pub manifest: fn(&DecoderConfig) -> Vec<TensorSpec>,
+    /// How llama.cpp writes it, when under a name of its own.
+    pub gguf: Option<&'static GgufLayout>,
+}
+
+impl Family for LlamaLike {
+    fn model_type(&self) -> &'static str {
+        self.model_type
+    }
+
+    fn class_name(&self) -> &'static str {
+        self.class_name
+    }
+
+    fn decoder_config(&self, config: &JsonFile) -> Result<DecoderConfig> {
+        llama_like_config(config, &self.defaults)
+    }
+
+    fn tensor_manifest(&self, config: &DecoderConfig) -> Vec<TensorSpec> {
+        (self.manifest)(config)
+    }
+
+    fn gguf(&self) -> Option<&'static GgufLayout> {
+        self.gguf
+    }
+}
+
+/// `LlamaForCausalLM`.
+pub const LLAMA: LlamaLike = LlamaLike {
+    model_type: "llama",
+    class_name: "LlamaForCausalLM",
+    defaults: DEFAULTS,
+    manifest: tensor_manifest,
+    gguf: Some(&GGUF),
+};
+
+/// llama.cpp's `llama` layout (Mistral files use it too): q/k rows interleaved per head.
+pub const GGUF: GgufLayout = GgufLayout {
+    name: "llama",
+    layer_roles: &[
+        ("attn_norm", "input_layernorm", Permute::None),
+        ("ffn_norm", "post_attention_layernorm", Permute::None),
+        ("attn_q", "self_attn.q_proj", Permute::Heads),
+        ("attn_k", "self_attn.k_proj", Permute::KvHeads),
+        ("attn_v", "self_attn.v_proj", Permute::None),
+        ("attn_output", "self_attn.o_proj", Permute::None),
+        ("ffn_gate", "mlp.gate_proj", Permute::None),
+        ("ffn_up", "mlp.up_proj", Permute::None),
+        ("ffn_down", "mlp.down_proj", Permute::None),
+    ],
+    extra_config: None,
+};
 
 /// Defaults of a LLaMA-style family for fields a `config.json` may omit (transformers' values).
 #[derive(Debug, Clone, Copy)]
@@ -34,12 +96,6 @@ pub const DEFAULTS: FamilyDefaults = FamilyDefaults {
     sliding_window: None,
     longrope: false,
 };
-
-/// Maps a LLaMA `config.json` onto the architecture-neutral [`DecoderConfig`], with
-/// transformers' defaults for absent fields.
-pub fn decoder_config(config: &JsonFile) -> Result<DecoderConfig> {
-    llama_like_config(config, &DEFAULTS)
-}
 
 /// The config mapping shared by the LLaMA-style families (LLaMA, Mistral, Phi-3).
 pub fn llama_like_config(config: &JsonFile, defaults: &FamilyDefaults) -> Result<DecoderConfig> {

@@ -3,14 +3,17 @@
 //! LLaMA's; the differences are the defaults and the sliding window, which the decoder applies in
 //! the full prefill, the reduced rerun and cached decoding alike.
 
-use gemfilter_core::DecoderConfig;
+use super::llama::{FamilyDefaults, LlamaLike, tensor_manifest};
 
-use super::llama::{FamilyDefaults, llama_like_config};
-use crate::error::Result;
-use crate::hf::json::JsonFile;
-
-/// `model_type` of this family in `config.json`.
-pub const MODEL_TYPE: &str = "mistral";
+/// `MistralForCausalLM`: LLaMA's tensors; llama.cpp writes its GGUF files as `llama`, which the
+/// LLaMA family reads.
+pub const MISTRAL: LlamaLike = LlamaLike {
+    model_type: "mistral",
+    class_name: "MistralForCausalLM",
+    defaults: DEFAULTS,
+    manifest: tensor_manifest,
+    gguf: None,
+};
 
 /// `MistralConfig`'s defaults: a key-less `sliding_window` means 4096 (v0.1), `null` none.
 pub const DEFAULTS: FamilyDefaults = FamilyDefaults {
@@ -20,8 +23,3 @@ pub const DEFAULTS: FamilyDefaults = FamilyDefaults {
     sliding_window: Some(Some(4096)),
     longrope: false,
 };
-
-/// Maps a Mistral `config.json` onto [`DecoderConfig`].
-pub fn decoder_config(config: &JsonFile) -> Result<DecoderConfig> {
-    llama_like_config(config, &DEFAULTS)
-}

@@ -4,14 +4,35 @@
 //! the sliding window some checkpoints declare.
 
 use gemfilter_core::DecoderConfig;
+use serde_json::{Map, Value, json};
 
-use super::TensorSpec;
-use super::llama::{FamilyDefaults, global_tensors, llama_like_config};
+use super::llama::{FamilyDefaults, LlamaLike, global_tensors};
+use super::{GgufLayout, TensorSpec};
 use crate::error::Result;
-use crate::hf::json::JsonFile;
+use crate::gguf::{self, GgufFile, MetaValue, Permute};
 
-/// `model_type` of this family in `config.json`.
-pub const MODEL_TYPE: &str = "phi3";
+/// `Phi3ForCausalLM`.
+pub const PHI3: LlamaLike = LlamaLike {
+    model_type: "phi3",
+    class_name: "Phi3ForCausalLM",
+    defaults: DEFAULTS,
+    manifest: tensor_manifest,
+    gguf: Some(&GGUF),
+};
+
+/// llama.cpp's `phi3` layout: fused q/k/v and gate/up tensors, NeoX rotation (no permutation).
+pub const GGUF: GgufLayout = GgufLayout {
+    name: "phi3",
+    layer_roles: &[
+        ("attn_norm", "input_layernorm", Permute::None),
+        ("ffn_norm", "post_attention_layernorm", Permute::None),
+        ("attn_qkv", "self_attn.qkv_proj", Permute::None),
+        ("attn_output", "self_attn.o_proj", Permute::None),
+        ("ffn_up", "mlp.gate_up_proj", Permute::None),
+        ("ffn_down", "mlp.down_proj", Permute::None),
+    ],
+    extra_config: Some(gguf_config),
+};
 
 /// `Phi3Config`'s defaults.
 pub const DEFAULTS: FamilyDefaults = FamilyDefaults {
@@ -21,11 +42,6 @@ pub const DEFAULTS: FamilyDefaults = FamilyDefaults {
     sliding_window: Some(None),
     longrope: true,
 };
-
-/// Maps a Phi-3 `config.json` onto [`DecoderConfig`].
-pub fn decoder_config(config: &JsonFile) -> Result<DecoderConfig> {
-    llama_like_config(config, &DEFAULTS)
-}
 
 /// Phi-3's tensors: LLaMA's, with q/k/v as rows of `qkv_proj` (in that order) and gate/up as
 /// the two halves of `gate_up_proj` (gate first, as `chunk(2)` reads it).
@@ -58,4 +74,47 @@ pub fn tensor_manifest(config: &DecoderConfig) -> Vec<TensorSpec> {
         ]);
     }
     specs
+}
+
+/// Phi-3 extras: sliding window, and longrope from the `rope_factors_{short,long}` tensors.
+fn gguf_config(file: &GgufFile, config: &mut Map<String, Value>) -> Result<()> {
+    let window = file
+        .get("phi3.attention.sliding_window")
+        .and_then(MetaValue::as_u64);
+    config.insert("sliding_window".into(), json!(window));
+    if let Some(original) = file
+        .get("phi3.rope.scaling.original_context_length")
+        .and_then(MetaValue::as_u64)
+    {
+        config.insert("original_max_position_embeddings".into(), json!(original));
+    }
+    let factors = |name: &str| -> Result<Option<Vec<f32>>> {
+        file.tensor(name)
+            .map(|info| gguf::dequantize_checked(file, info))
+            .transpose()
+    };
+    match (
+        factors("rope_factors_short.weight")?,
+        factors("rope_factors_long.weight")?,
+    ) {
+        (Some(short), Some(long)) => {
+            let mut rope =
+                json!({"rope_type": "longrope", "short_factor": short, "long_factor": long});
+            if let Some(attention) = file
+                .get("phi3.rope.scaling.attn_factor")
+                .and_then(MetaValue::as_f64)
+            {
+                rope["attention_factor"] = json!(attention);
+            }
+            config.insert("rope_scaling".into(), rope);
+        }
+        (None, None) => {}
+        _ => {
+            return Err(gguf::corrupt(
+                file,
+                "only one of rope_factors_short.weight and rope_factors_long.weight is present",
+            ));
+        }
+    }
+    Ok(())
 }

@@ -25,7 +25,7 @@ pub use dtype::GgmlType;
 pub use reader::{GgufFile, MetaValue, TensorInfo};
 pub use tokenizer::tokenizer_from_gguf;
 
-use crate::arch::{Architecture, TensorSpec};
+use crate::arch::{Architecture, GgufLayout, TensorSpec};
 use crate::checkpoint::{Offered, resolve};
 use crate::error::{ModelError, Result};
 use crate::hf::json::JsonFile;
@@ -40,7 +40,7 @@ pub fn is_gguf(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn corrupt(file: &GgufFile, message: impl Into<String>) -> ModelError {
+pub(crate) fn corrupt(file: &GgufFile, message: impl Into<String>) -> ModelError {
     ModelError::CorruptWeights {
         path: file.path().to_path_buf(),
         message: message.into(),
@@ -54,29 +54,32 @@ pub fn architecture(file: &GgufFile) -> Result<Architecture> {
         .get("general.architecture")
         .and_then(MetaValue::as_str)
         .ok_or_else(|| corrupt(file, "metadata `general.architecture` is missing"))?;
-    match name {
-        "llama" => Ok(Architecture::Llama),
-        "phi3" => Ok(Architecture::Phi3),
-        other => Err(ModelError::UnsupportedArchitecture {
-            path: file.path().to_path_buf(),
-            found: format!("general.architecture `{other}`"),
-            supported: "llama (also Mistral), phi3".into(),
-        }),
-    }
+    Architecture::from_gguf_name(name).ok_or_else(|| ModelError::UnsupportedArchitecture {
+        path: file.path().to_path_buf(),
+        found: format!("general.architecture `{name}`"),
+        supported: format!(
+            "{} (llama also covers Mistral)",
+            Architecture::supported_gguf()
+        ),
+    })
 }
 
-/// The metadata prefix llama.cpp uses for an architecture.
-fn prefix(architecture: Architecture) -> &'static str {
-    match architecture {
-        Architecture::Llama | Architecture::Mistral => "llama",
-        Architecture::Phi3 => "phi3",
-    }
+/// How llama.cpp wrote `architecture`; families read from GGUF always have one.
+fn layout(file: &GgufFile, architecture: Architecture) -> Result<&'static GgufLayout> {
+    architecture
+        .gguf()
+        .ok_or_else(|| ModelError::UnsupportedArchitecture {
+            path: file.path().to_path_buf(),
+            found: format!("{} (no GGUF layout)", architecture.name()),
+            supported: Architecture::supported_gguf(),
+        })
 }
 
 /// A Hugging Face `config.json` equivalent of the GGUF metadata, so the architecture module
 /// reads both formats the same way. Missing required keys are reported with their GGUF names.
 pub fn hf_config(file: &GgufFile, architecture: Architecture) -> Result<JsonFile> {
-    let arch = prefix(architecture);
+    let layout = layout(file, architecture)?;
+    let arch = layout.name;
     let key = |name: &str| format!("{arch}.{name}");
     let required = |name: &str| -> Result<u64> {
         let k = key(name);
@@ -176,53 +179,10 @@ pub fn hf_config(file: &GgufFile, architecture: Architecture) -> Result<JsonFile
         "tie_word_embeddings".into(),
         json!(file.tensor("output.weight").is_none()),
     );
-    if architecture == Architecture::Phi3 {
-        phi3_config(file, &mut config)?;
+    if let Some(extra) = layout.extra_config {
+        extra(file, &mut config)?;
     }
     JsonFile::from_value(file.path(), Value::Object(config))
-}
-
-/// Phi-3 extras: sliding window, and longrope from the `rope_factors_{short,long}` tensors.
-fn phi3_config(file: &GgufFile, config: &mut Map<String, Value>) -> Result<()> {
-    let window = file
-        .get("phi3.attention.sliding_window")
-        .and_then(MetaValue::as_u64);
-    config.insert("sliding_window".into(), json!(window));
-    if let Some(original) = file
-        .get("phi3.rope.scaling.original_context_length")
-        .and_then(MetaValue::as_u64)
-    {
-        config.insert("original_max_position_embeddings".into(), json!(original));
-    }
-    let factors = |name: &str| -> Result<Option<Vec<f32>>> {
-        file.tensor(name)
-            .map(|info| dequantize_checked(file, info))
-            .transpose()
-    };
-    match (
-        factors("rope_factors_short.weight")?,
-        factors("rope_factors_long.weight")?,
-    ) {
-        (Some(short), Some(long)) => {
-            let mut rope =
-                json!({"rope_type": "longrope", "short_factor": short, "long_factor": long});
-            if let Some(attention) = file
-                .get("phi3.rope.scaling.attn_factor")
-                .and_then(MetaValue::as_f64)
-            {
-                rope["attention_factor"] = json!(attention);
-            }
-            config.insert("rope_scaling".into(), rope);
-        }
-        (None, None) => {}
-        _ => {
-            return Err(corrupt(
-                file,
-                "only one of rope_factors_short.weight and rope_factors_long.weight is present",
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// EOS ids: llama.cpp stops at every end-of-generation token the file names.
@@ -242,39 +202,17 @@ pub fn eos_token_ids(file: &GgufFile) -> Vec<u32> {
     ids
 }
 
-/// How a per-layer GGUF tensor maps to a checkpoint tensor, and whose heads' RoPE row
-/// interleave must be undone (llama.cpp permutes LLaMA's q/k rows; Phi-3 uses NeoX rotation,
-/// which needs none).
-#[derive(Clone, Copy)]
-enum Permute {
+/// Whose heads' RoPE row interleave must be undone when a per-layer GGUF tensor becomes a
+/// checkpoint tensor (llama.cpp permutes LLaMA's q/k rows; Phi-3 uses NeoX rotation, which needs
+/// none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permute {
+    /// Stored as the checkpoint stores it.
     None,
+    /// Rows interleaved per query head.
     Heads,
+    /// Rows interleaved per key/value head.
     KvHeads,
-}
-
-/// `(GGUF role, checkpoint role, permutation)` per layer, by architecture.
-fn layer_roles(architecture: Architecture) -> &'static [(&'static str, &'static str, Permute)] {
-    match architecture {
-        Architecture::Llama | Architecture::Mistral => &[
-            ("attn_norm", "input_layernorm", Permute::None),
-            ("ffn_norm", "post_attention_layernorm", Permute::None),
-            ("attn_q", "self_attn.q_proj", Permute::Heads),
-            ("attn_k", "self_attn.k_proj", Permute::KvHeads),
-            ("attn_v", "self_attn.v_proj", Permute::None),
-            ("attn_output", "self_attn.o_proj", Permute::None),
-            ("ffn_gate", "mlp.gate_proj", Permute::None),
-            ("ffn_up", "mlp.up_proj", Permute::None),
-            ("ffn_down", "mlp.down_proj", Permute::None),
-        ],
-        Architecture::Phi3 => &[
-            ("attn_norm", "input_layernorm", Permute::None),
-            ("ffn_norm", "post_attention_layernorm", Permute::None),
-            ("attn_qkv", "self_attn.qkv_proj", Permute::None),
-            ("attn_output", "self_attn.o_proj", Permute::None),
-            ("ffn_up", "mlp.gate_up_proj", Permute::None),
-            ("ffn_down", "mlp.down_proj", Permute::None),
-        ],
-    }
 }
 
 /// Tensors outside the layers, common to every architecture here.
@@ -286,7 +224,7 @@ const GLOBAL_NAMES: &[(&str, &str)] = &[
 
 /// The checkpoint name of a GGUF tensor, with the head count of its RoPE permutation.
 fn checkpoint_name(
-    architecture: Architecture,
+    layout: &GgufLayout,
     name: &str,
     config: &DecoderConfig,
 ) -> Option<(String, Option<usize>)> {
@@ -297,9 +235,7 @@ fn checkpoint_name(
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (role, param) = rest.rsplit_once('.')?;
-    let (_, hf, permute) = layer_roles(architecture)
-        .iter()
-        .find(|(g, _, _)| *g == role)?;
+    let (_, hf, permute) = layout.layer_roles.iter().find(|(g, _, _)| *g == role)?;
     let heads = match permute {
         Permute::None => None,
         Permute::Heads => Some(config.num_heads),
@@ -309,16 +245,14 @@ fn checkpoint_name(
 }
 
 /// The GGUF name of a checkpoint tensor (for error messages).
-fn gguf_name(architecture: Architecture, hf: &str) -> String {
+fn gguf_name(layout: &GgufLayout, hf: &str) -> String {
     if let Some((g, _)) = GLOBAL_NAMES.iter().find(|(_, h)| *h == hf) {
         return g.to_string();
     }
     if let Some(rest) = hf.strip_prefix("model.layers.")
         && let Some((layer, rest)) = rest.split_once('.')
         && let Some((role, param)) = rest.rsplit_once('.')
-        && let Some((g, _, _)) = layer_roles(architecture)
-            .iter()
-            .find(|(_, h, _)| *h == role)
+        && let Some((g, _, _)) = layout.layer_roles.iter().find(|(_, h, _)| *h == role)
     {
         return format!("blk.{layer}.{g}.{param}");
     }
@@ -343,6 +277,7 @@ pub fn checkpoint_tensors(
     manifest: &[TensorSpec],
     config: &DecoderConfig,
 ) -> Result<CheckpointTensors> {
+    let layout = layout(file, architecture)?;
     let mut offered = BTreeMap::new();
     let mut unused = Vec::new();
     let mut rope_factors = None;
@@ -358,7 +293,7 @@ pub fn checkpoint_tensors(
             "rope_factors_short.weight" | "rope_factors_long.weight" => continue,
             _ => {}
         }
-        let Some((hf, permute)) = checkpoint_name(architecture, &info.name, config) else {
+        let Some((hf, permute)) = checkpoint_name(layout, &info.name, config) else {
             unused.push(info.name.clone());
             continue;
         };
@@ -402,9 +337,8 @@ pub fn checkpoint_tensors(
             },
         );
     }
-    let (tensors, mut not_needed) = resolve(manifest, offered, file.path(), &|hf| {
-        gguf_name(architecture, hf)
-    })?;
+    let (tensors, mut not_needed) =
+        resolve(manifest, offered, file.path(), &|hf| gguf_name(layout, hf))?;
     unused.append(&mut not_needed);
     Ok(CheckpointTensors {
         tensors,
@@ -433,7 +367,7 @@ pub fn unpermute_rows(values: &[f32], rows: usize, heads: usize) -> Vec<f32> {
     out
 }
 
-fn dequantize_checked(file: &GgufFile, info: &TensorInfo) -> Result<Vec<f32>> {
+pub(crate) fn dequantize_checked(file: &GgufFile, info: &TensorInfo) -> Result<Vec<f32>> {
     dtype::dequantize(
         info.ggml_type,
         file.tensor_bytes(info),

@@ -112,7 +112,9 @@ pub fn apply_tensors(
     source: &Path,
 ) -> Result<()> {
     let adapter = ChainAdapter::new(PyTorchToBurnAdapter, FloatCastAdapter::to(dtype));
-    let result = weights.apply(tensors, None, Some(Box::new(adapter)), false);
+    // Parameter paths never name a `Projection` variant (`q_proj.weight`, not
+    // `q_proj.Dense.weight`): skip enum variants when matching.
+    let result = weights.apply(tensors, None, Some(Box::new(adapter)), true);
     if let Some(error) = result.errors.first() {
         return Err(match error {
             ApplyError::ShapeMismatch {

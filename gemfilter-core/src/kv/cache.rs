@@ -2,8 +2,10 @@
 
 use burn::tensor::{DType, Device, Tensor};
 
+use super::KvStore;
 use crate::error::{CoreError, Result};
 use crate::nn::attention::repeat_kv;
+use crate::nn::{AttentionKernel, Qkv};
 
 /// Per-layer keys and values of the positions processed so far.
 ///
@@ -151,5 +153,35 @@ impl KvCache {
     pub fn advance(&mut self, n: usize) {
         self.len += n;
         self.position += n;
+    }
+}
+
+impl KvStore for KvCache {
+    fn position(&self) -> usize {
+        self.position
+    }
+
+    fn check_room(&self, new_positions: usize) -> Result<()> {
+        KvCache::check_room(self, new_positions)
+    }
+
+    fn attend(&mut self, layer: usize, qkv: Qkv, kernel: &AttentionKernel) -> Result<Tensor<4>> {
+        // Cached entries stand for the positions just before this pass (a compressed cache holds
+        // fewer entries than positions; every entry stays visible).
+        let key_start = self.position - self.len;
+        let (keys, values) = self.append(layer, qkv.keys, qkv.values)?;
+        Ok(kernel.attend(
+            Qkv {
+                keys,
+                values,
+                ..qkv
+            },
+            self.position,
+            key_start,
+        ))
+    }
+
+    fn commit(&mut self, new_positions: usize) {
+        self.advance(new_positions);
     }
 }
