@@ -264,31 +264,93 @@ fn stopped_pass_resumes_to_the_same_logits(device: &Device) {
     }
 }
 
-/// With k ≥ n GemFilter keeps everything and answers exactly like full attention.
+/// With k ≥ n GemFilter keeps everything and answers exactly like full attention, without a
+/// selection pass (its result is known); every built-in selector does keep everything there, and
+/// a selector that says it may drop tokens still gets its pass.
 fn budget_above_prompt_keeps_everything(device: &Device) {
     let model = load("llama-tied", device);
     let ids = reference("llama-tied").prompt_ids;
-    let selector = GemFilterSelector::default();
-    let selection = select_tokens(
-        model.decoder(),
-        &ids,
-        1,
-        ids.len() + 50,
-        &selector,
-        &RunOptions::default(),
-    )
-    .unwrap();
-    assert_eq!(selection.positions, (0..ids.len()).collect::<Vec<_>>());
+    let n = ids.len();
+    let options = RunOptions::default();
+    let selectors: Vec<Box<dyn TokenSelector>> = vec![
+        Box::new(GemFilterSelector::default()),
+        Box::new(QuestionWindowSelector::new(8, HeadNormalization::Softmax)),
+        Box::new(LayerVoteSelector::new(
+            vec![0, 1],
+            VoteRule::RankSum,
+            GemFilterSelector::default(),
+        )),
+        Box::new(SpanSelector::new(
+            GemFilterSelector::default(),
+            SpanRule::Radius(2),
+        )),
+    ];
+    for selector in &selectors {
+        assert!(selector.keeps_every_token_within_budget());
+        for budget in [n, n + 50] {
+            let selection =
+                select_tokens(model.decoder(), &ids, 1, budget, selector, &options).unwrap();
+            assert_eq!(
+                selection.positions,
+                (0..n).collect::<Vec<_>>(),
+                "{} with budget {budget}",
+                selector.name()
+            );
+        }
+    }
+
     let config = GenerationConfig::greedy(6, Vec::new());
+    let selector = GemFilterSelector::default();
+    let full = generate(model.decoder(), &ids, Method::Full, &config).unwrap();
+    assert!(!full.selection_skipped);
+    for top_k in [n, 10_000] {
+        let method = Method::GemFilter {
+            filter_layer: 1,
+            top_k,
+            selector: &selector,
+        };
+        let gem = generate(model.decoder(), &ids, method, &config).unwrap();
+        assert!(
+            gem.selection_skipped,
+            "k {top_k} ≥ n {n}: no selection pass"
+        );
+        assert_eq!(gem.tokens, full.tokens);
+        assert_eq!(gem.kept_tokens, n);
+        assert_eq!(gem.selection.unwrap().positions, (0..n).collect::<Vec<_>>());
+    }
     let method = Method::GemFilter {
         filter_layer: 1,
-        top_k: 10_000,
+        top_k: n - 1,
         selector: &selector,
     };
     let gem = generate(model.decoder(), &ids, method, &config).unwrap();
-    let full = generate(model.decoder(), &ids, Method::Full, &config).unwrap();
-    assert_eq!(gem.tokens, full.tokens);
-    assert_eq!(gem.kept_tokens, ids.len());
+    assert!(!gem.selection_skipped, "k < n needs the pass");
+
+    /// Keeps the last token only, whatever the budget.
+    struct LastOnly;
+    impl TokenSelector for LastOnly {
+        fn name(&self) -> &str {
+            "last-only"
+        }
+        fn keeps_every_token_within_budget(&self) -> bool {
+            false
+        }
+        fn select(&self, probe: &Probe, _budget: usize) -> gemfilter_core::Result<Selection> {
+            let n = probe.num_positions();
+            Ok(Selection {
+                positions: vec![n - 1],
+                scores: vec![0.0; n],
+            })
+        }
+    }
+    let method = Method::GemFilter {
+        filter_layer: 1,
+        top_k: 10_000,
+        selector: &LastOnly,
+    };
+    let gem = generate(model.decoder(), &ids, method, &config).unwrap();
+    assert!(!gem.selection_skipped);
+    assert_eq!(gem.selection.unwrap().positions, vec![n - 1]);
 }
 
 /// Generation stops before the first EOS token, or at max_new_tokens.

@@ -164,6 +164,10 @@ pub struct Generation {
     pub kept_tokens: usize,
     /// The selection, in GemFilter mode.
     pub selection: Option<Selection>,
+    /// GemFilter mode only: the prompt fitted in the budget, so the selection pass was not run
+    /// (its result was known: every token) and `selection` keeps every position with zero
+    /// scores. The answer is then the full path's.
+    pub selection_skipped: bool,
     /// The positions each layer and head kept, for a KV-compression method.
     pub compression: Option<CompressionOutcome>,
     /// Why decoding stopped.
@@ -225,8 +229,15 @@ pub fn generate(
     let mut timings = PhaseTimings::default();
 
     let started = Instant::now();
+    let mut selection_skipped = false;
     let (reduced, selection) = match method {
         Method::Full | Method::KvCompressed(_) => (prompt.to_vec(), None),
+        Method::GemFilter {
+            top_k, selector, ..
+        } if top_k > 0 && prompt.len() <= top_k && selector.keeps_every_token_within_budget() => {
+            selection_skipped = true;
+            (prompt.to_vec(), Some(Selection::whole_prompt(prompt.len())))
+        }
         Method::GemFilter {
             filter_layer,
             top_k,
@@ -304,6 +315,7 @@ pub fn generate(
         input_tokens: prompt.len(),
         kept_tokens: reduced.len(),
         selection,
+        selection_skipped,
         compression,
         finish_reason,
         timings,

@@ -74,6 +74,10 @@ impl<S: TokenSelector> TokenSelector for LayerVoteSelector<S> {
         self.inner.query_window()
     }
 
+    fn keeps_every_token_within_budget(&self) -> bool {
+        self.inner.keeps_every_token_within_budget()
+    }
+
     fn layers(&self, _filter_layer: usize) -> Vec<usize> {
         self.layers.clone()
     }

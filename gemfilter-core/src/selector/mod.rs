@@ -28,6 +28,16 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// Every one of `num_positions` positions, with zero scores: what any selector that
+    /// [keeps every token within its budget](TokenSelector::keeps_every_token_within_budget)
+    /// returns for a prompt no longer than the budget, without a selection pass.
+    pub fn whole_prompt(num_positions: usize) -> Self {
+        Self {
+            positions: (0..num_positions).collect(),
+            scores: vec![0.0; num_positions],
+        }
+    }
+
     /// Checks the contract every selector must honour: `min(budget, n)` positions at most,
     /// strictly ascending, in range, and one score per position.
     pub fn validate(&self, selector: &str, num_positions: usize, budget: usize) -> Result<()> {
@@ -90,6 +100,14 @@ pub trait TokenSelector: Send + Sync {
     /// Scores one probe and keeps up to `budget` positions.
     fn select(&self, probe: &Probe, budget: usize) -> Result<Selection>;
 
+    /// Whether a prompt of at most `budget` tokens is always kept whole. When true (the
+    /// default, and true of every built-in selector) the pipeline skips the selection pass for
+    /// such prompts: its result is known in advance. A selector that may drop tokens even when
+    /// they fit must return false.
+    fn keeps_every_token_within_budget(&self) -> bool {
+        true
+    }
+
     /// Scores the probes of [`layers`](Self::layers) (ascending layer order) and keeps up to
     /// `budget` positions. The default reads the last (highest) layer only.
     fn select_layers(&self, probes: &[Probe], budget: usize) -> Result<Selection> {
@@ -112,6 +130,9 @@ impl<S: TokenSelector + ?Sized> TokenSelector for Box<S> {
     }
     fn layers(&self, filter_layer: usize) -> Vec<usize> {
         (**self).layers(filter_layer)
+    }
+    fn keeps_every_token_within_budget(&self) -> bool {
+        (**self).keeps_every_token_within_budget()
     }
     fn select(&self, probe: &Probe, budget: usize) -> Result<Selection> {
         (**self).select(probe, budget)

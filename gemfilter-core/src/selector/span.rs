@@ -203,6 +203,10 @@ impl<S: TokenSelector> TokenSelector for SpanSelector<S> {
         self.inner.query_window()
     }
 
+    fn keeps_every_token_within_budget(&self) -> bool {
+        self.inner.keeps_every_token_within_budget()
+    }
+
     fn layers(&self, filter_layer: usize) -> Vec<usize> {
         self.inner.layers(filter_layer)
     }
