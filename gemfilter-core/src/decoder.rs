@@ -6,8 +6,7 @@
 use std::ops::Range;
 
 use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig};
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 
 use crate::config::DecoderConfig;
 use crate::error::{CoreError, Result};
@@ -15,16 +14,17 @@ use crate::hook::{LayerHook, NoHook};
 use crate::kv::{KvCache, KvStore, NoCache};
 use crate::nn::{
     AttentionKernel, DecoderLayer, LayerContext, LayerOutput, Projection, RmsNorm, RopeCache,
-    RopeTables,
+    RopeTables, TokenEmbedding,
 };
 use crate::options::{ForwardProgress, RunOptions};
+use crate::profile::timed;
 
 /// The parameters of a decoder, laid out as Hugging Face names them (without the `model.`
 /// prefix): `embed_tokens`, `layers.N.…`, `norm`, `lm_head`.
 #[derive(Module, Debug)]
 pub struct DecoderWeights {
     /// Token embedding `[vocab, hidden]`.
-    pub embed_tokens: Embedding,
+    pub embed_tokens: TokenEmbedding,
     /// The decoder layers in order.
     pub layers: Vec<DecoderLayer>,
     /// Final norm before the LM head.
@@ -47,6 +47,60 @@ impl burn::module::ModuleMapper for CastFloats {
 }
 
 impl DecoderWeights {
+    /// The projection at `path`: `layers.N.self_attn.{q,k,v,o}_proj`,
+    /// `layers.N.mlp.{gate,up,down}_proj` or `lm_head` (untied models).
+    pub fn projection_mut(&mut self, path: &str) -> Result<&mut Projection> {
+        let unknown = || CoreError::InvalidParameter(format!("no projection at `{path}`"));
+        if path == "lm_head" {
+            return self.lm_head.as_mut().ok_or_else(unknown);
+        }
+        let rest = path.strip_prefix("layers.").ok_or_else(unknown)?;
+        let (index, name) = rest.split_once('.').ok_or_else(unknown)?;
+        let index: usize = index.parse().map_err(|_| unknown())?;
+        let layer = self.layers.get_mut(index).ok_or_else(unknown)?;
+        Ok(match name {
+            "self_attn.q_proj" => &mut layer.self_attn.q_proj,
+            "self_attn.k_proj" => &mut layer.self_attn.k_proj,
+            "self_attn.v_proj" => &mut layer.self_attn.v_proj,
+            "self_attn.o_proj" => &mut layer.self_attn.o_proj,
+            "mlp.gate_proj" => &mut layer.mlp.gate_proj,
+            "mlp.up_proj" => &mut layer.mlp.up_proj,
+            "mlp.down_proj" => &mut layer.mlp.down_proj,
+            _ => return Err(unknown()),
+        })
+    }
+
+    /// The same weights with every packed parameter dequantised to the compute dtype: the
+    /// arithmetic the packed blocks stand for, to measure the packed kernels against.
+    pub fn dequantized(&self, device: &Device) -> Self {
+        let dtype = self.embed_tokens.dtype();
+        let dense = |p: &Projection| p.dequantized(dtype, device);
+        Self {
+            embed_tokens: self.embed_tokens.dequantized(device),
+            layers: self
+                .layers
+                .iter()
+                .map(|layer| {
+                    let mut layer = layer.clone();
+                    for projection in [
+                        &mut layer.self_attn.q_proj,
+                        &mut layer.self_attn.k_proj,
+                        &mut layer.self_attn.v_proj,
+                        &mut layer.self_attn.o_proj,
+                        &mut layer.mlp.gate_proj,
+                        &mut layer.mlp.up_proj,
+                        &mut layer.mlp.down_proj,
+                    ] {
+                        *projection = dense(projection);
+                    }
+                    layer
+                })
+                .collect(),
+            norm: self.norm.clone(),
+            lm_head: self.lm_head.as_ref().map(dense),
+        }
+    }
+
     /// The same weights in `dtype` (f32, f16 or bf16). Uninitialised parameters stay lazy and
     /// are cast when they materialise.
     pub fn cast(self, dtype: DType) -> Self {
@@ -58,7 +112,7 @@ impl DecoderWeights {
     /// benchmarks on random weights).
     pub fn new(config: &DecoderConfig, device: &Device) -> Self {
         Self {
-            embed_tokens: EmbeddingConfig::new(config.vocab_size, config.hidden_size).init(device),
+            embed_tokens: TokenEmbedding::dense(config.vocab_size, config.hidden_size, device),
             layers: (0..config.num_layers)
                 .map(|_| DecoderLayer::new(config, device))
                 .collect(),
@@ -147,7 +201,16 @@ impl Decoder {
 
     /// Floating-point type of the activations (that of the embedding).
     pub fn dtype(&self) -> DType {
-        self.weights.embed_tokens.weight.val().dtype()
+        self.weights.embed_tokens.dtype()
+    }
+
+    /// This decoder with every packed weight dequantised (see [`DecoderWeights::dequantized`]).
+    pub fn dequantized(&self) -> Decoder {
+        Decoder::from_parts(
+            self.config.clone(),
+            self.weights.dequantized(&self.device),
+            &self.device,
+        )
     }
 
     /// The rotary tables, computed once per model and sliced per pass.
@@ -161,6 +224,7 @@ impl Decoder {
             window: self.config.sliding_window,
             max_scores_per_block: options.max_scores_per_block.max(1),
             fused: options.fused_attention,
+            profile: options.profile.clone(),
         }
     }
 
@@ -179,10 +243,17 @@ impl Decoder {
     /// fails on an empty prompt, ids outside the vocabulary or positions past the model's range.
     pub fn embed(&self, ids: &[u32], start: usize) -> Result<Tensor<3>> {
         self.check_ids(ids, start)?;
-        let tokens: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
-        let tokens =
-            Tensor::<2, Int>::from_data(TensorData::new(tokens, [1, ids.len()]), &self.device);
-        Ok(self.weights.embed_tokens.forward(tokens))
+        Ok(self.weights.embed_tokens.lookup(ids, &self.device))
+    }
+
+    /// [`embed`](Self::embed), timed as profile section `embedding`.
+    fn embed_timed(&self, ids: &[u32], start: usize, options: &RunOptions) -> Result<Tensor<3>> {
+        timed(
+            options.profile.as_deref(),
+            "embedding",
+            &self.device,
+            || self.embed(ids, start),
+        )
     }
 
     /// Runs the decoder layers `layers` over `hidden` (`[1, positions, hidden]`, rotated with
@@ -247,7 +318,7 @@ impl Decoder {
     ) -> Result<Pass> {
         let start = kv.position();
         kv.check_room(ids.len())?;
-        let hidden = self.embed(ids, start)?;
+        let hidden = self.embed_timed(ids, start, options)?;
         let rope = self.rope.tables(start, ids.len(), self.dtype());
         let pass = self.run_layers(hidden, &rope, 0..layers, kv, hook, options)?;
         kv.commit(ids.len());
@@ -262,18 +333,15 @@ impl Decoder {
         let vocab = self.config.vocab_size;
         match &self.weights.lm_head {
             Some(head) => head.forward(last).reshape([vocab]),
-            // Tied head: E·hᵀ reads the [vocab, hidden] embedding as stored; h·Eᵀ would make
-            // backends materialise the transpose of the whole embedding on every call.
-            None => {
-                let last = last.reshape([self.config.hidden_size, 1]);
-                self.weights
-                    .embed_tokens
-                    .weight
-                    .val()
-                    .matmul(last)
-                    .reshape([vocab])
-            }
+            None => self.weights.embed_tokens.tied_logits(last),
         }
+    }
+
+    /// [`logits`](Self::logits), timed as profile section `lm head`.
+    fn logits_timed(&self, hidden: Tensor<3>, options: &RunOptions) -> Tensor<1> {
+        timed(options.profile.as_deref(), "lm head", &self.device, || {
+            self.logits(hidden)
+        })
     }
 
     /// Runs `ids` (appended after what `cache` holds) through every layer and returns the
@@ -294,7 +362,7 @@ impl Decoder {
             self.forward(part, layers, cache, &mut NoHook, options)?;
         }
         let pass = self.forward(&ids[last_start..], layers, cache, &mut NoHook, options)?;
-        Ok(self.logits(pass.hidden))
+        Ok(self.logits_timed(pass.hidden, options))
     }
 
     /// Feeds one token through the cached decoder and returns the next-token logits.
@@ -311,7 +379,7 @@ impl Decoder {
     pub fn last_logits(&self, ids: &[u32], options: &RunOptions) -> Result<Tensor<1>> {
         let layers = self.config.num_layers;
         let pass = self.forward(ids, layers, &mut NoCache, &mut NoHook, options)?;
-        Ok(self.logits(pass.hidden))
+        Ok(self.logits_timed(pass.hidden, options))
     }
 
     pub(crate) fn check_ids(&self, ids: &[u32], start: usize) -> Result<()> {

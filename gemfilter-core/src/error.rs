@@ -70,4 +70,7 @@ pub enum CoreError {
         /// What was wrong.
         reason: String,
     },
+    /// A weight cannot be packed or multiplied as asked.
+    #[error("quantised weights: {0}")]
+    Quantization(String),
 }

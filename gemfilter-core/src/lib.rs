@@ -26,6 +26,7 @@
 
 pub mod compress;
 pub mod config;
+pub mod cpu;
 pub mod decoder;
 pub mod error;
 pub mod generate;
@@ -35,6 +36,8 @@ pub mod layers;
 pub mod nn;
 pub mod options;
 pub mod probe;
+pub mod profile;
+pub mod quant;
 pub mod selector;
 
 pub use compress::{
@@ -52,6 +55,8 @@ pub use kv::{KvCache, KvStore, NoCache};
 pub use layers::selections_per_layer;
 pub use options::{DEFAULT_MAX_SCORES_PER_BLOCK, ForwardProgress, ProgressHook, RunOptions};
 pub use probe::{LayerObserver, Probe};
+pub use profile::Profile;
+pub use quant::{PackedMatrix, QuantFormat};
 pub use selector::{
     GemFilterSelector, HeadNormalization, LayerVoteSelector, QuestionWindowSelector, Selection,
     SpanRanking, SpanRule, SpanSelector, TokenSelector, VoteRule,

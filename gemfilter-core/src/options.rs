@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use crate::profile::Profile;
+
 /// Default bound on attention scores held at once (elements; 32 Mi × 4 bytes = 128 MiB in f32).
 pub const DEFAULT_MAX_SCORES_PER_BLOCK: usize = 32 << 20;
 
@@ -27,6 +29,8 @@ pub struct RunOptions {
     pub selection_chunk: Option<usize>,
     /// Called after every layer of every pass (e.g. to drive a progress bar).
     pub progress: Option<ProgressHook>,
+    /// Collects a per-section wall-clock profile of every pass (see [`crate::profile`]).
+    pub profile: Option<Arc<Profile>>,
 }
 
 impl Default for RunOptions {
@@ -37,6 +41,7 @@ impl Default for RunOptions {
             prefill_chunk: None,
             selection_chunk: None,
             progress: None,
+            profile: None,
         }
     }
 }

@@ -3,10 +3,15 @@
 use burn::module::Module;
 use burn::tensor::activation::softmax;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, DType, Device, Int, Tensor};
+use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
+
+use std::sync::Arc;
 
 use super::projection::Projection;
 use super::rope::RopeTables;
+use crate::cpu::attention::{KeysValues, Visibility, attention};
+use crate::cpu::runs_on_host;
+use crate::profile::{Profile, timed};
 
 /// The four projections of one attention block. Field names follow Hugging Face checkpoints.
 #[derive(Module, Debug)]
@@ -46,7 +51,7 @@ pub struct AttentionSpan {
 
 /// How one pass computes attention: the model's sliding window and the run's kernel choices.
 /// [`KvStore`](crate::kv::KvStore)s call it with the keys they make visible.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AttentionKernel {
     /// The model's sliding window, if any.
     pub window: Option<usize>,
@@ -54,9 +59,17 @@ pub struct AttentionKernel {
     pub max_scores_per_block: usize,
     /// Whether the backend's fused op may be used where it applies.
     pub fused: bool,
+    /// The run's profile, when one is collected.
+    pub profile: Option<Arc<Profile>>,
 }
 
 impl AttentionKernel {
+    /// Runs `f` as profile section `name` (see [`crate::profile`]); just runs it when no profile
+    /// is collected.
+    pub fn time<T>(&self, name: &'static str, device: &Device, f: impl FnOnce() -> T) -> T {
+        timed(self.profile.as_deref(), name, device, f)
+    }
+
     fn span(&self, query_start: usize, key_start: usize) -> AttentionSpan {
         AttentionSpan {
             query_start,
@@ -70,12 +83,68 @@ impl AttentionKernel {
     /// softmax(q·kᵀ/√d + causal mask)·v, `[1, heads, queries, head_dim]`, for queries at
     /// positions `query_start..` over keys at positions `key_start..`.
     pub fn attend(&self, qkv: Qkv, query_start: usize, key_start: usize) -> Tensor<4> {
+        if runs_on_host(&qkv.queries.device()) {
+            return self.attend_on_host(qkv, query_start, key_start);
+        }
         grouped_attention(
             qkv.queries,
             qkv.keys,
             qkv.values,
             self.span(query_start, key_start),
         )
+    }
+
+    /// [`attend`](Self::attend) through the CPU kernel ([`crate::cpu::attention`]): the tensors'
+    /// values come to the host, the keys are transposed once, the result goes back.
+    fn attend_on_host(&self, qkv: Qkv, query_start: usize, key_start: usize) -> Tensor<4> {
+        let [batch, heads, n, d] = qkv.queries.dims();
+        let [_, kv_heads, keys, _] = qkv.keys.dims();
+        let device = qkv.queries.device();
+        let dtype = qkv.queries.dtype();
+        let host = |t: Tensor<4>| -> Vec<f32> {
+            t.into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("f32 values")
+        };
+        let (queries, key_rows, values) = (host(qkv.queries), host(qkv.keys), host(qkv.values));
+        let mut keys_t = vec![0.0f32; key_rows.len()];
+        for h in 0..kv_heads {
+            for j in 0..keys {
+                for c in 0..d {
+                    keys_t[(h * d + c) * keys + j] = key_rows[(h * keys + j) * d + c];
+                }
+            }
+        }
+        let kv: Vec<KeysValues<'_>> = (0..kv_heads)
+            .map(|h| KeysValues {
+                keys_t: &keys_t[h * d * keys..(h + 1) * d * keys],
+                values: &values[h * keys * d..(h + 1) * keys * d],
+                stride: keys,
+                len: keys,
+            })
+            .collect();
+        let visibility = Visibility {
+            query_start,
+            key_start,
+            window: self.window,
+        };
+        let mut out = vec![0.0f32; queries.len()];
+        attention(
+            &queries,
+            heads,
+            d,
+            &kv,
+            visibility,
+            (d as f32).powf(-0.5),
+            &mut out,
+        );
+        let out = Tensor::<4>::from_data(TensorData::new(out, [batch, heads, n, d]), &device);
+        if dtype == DType::F32 {
+            out
+        } else {
+            out.cast(dtype)
+        }
     }
 
     /// [`attend`](Self::attend) that also returns, for every query head and key, the attention
@@ -136,22 +205,24 @@ impl Attention {
         }
     }
 
+    /// Queries `[batch, heads, positions, head_dim]` of the normed input `x`, before RoPE.
+    pub fn project_queries(&self, x: Tensor<3>) -> Tensor<4> {
+        split_heads(self.q_proj.forward(x), self.num_heads, self.head_dim)
+    }
+
+    /// Keys `[batch, kv_heads, positions, head_dim]` of the normed input `x`, before RoPE.
+    pub fn project_keys(&self, x: Tensor<3>) -> Tensor<4> {
+        split_heads(self.k_proj.forward(x), self.num_kv_heads, self.head_dim)
+    }
+
     /// Post-RoPE queries `[batch, heads, positions, head_dim]` of the normed input `x`.
     pub fn queries(&self, x: Tensor<3>, rope: &RopeTables) -> Tensor<4> {
-        rope.apply(split_heads(
-            self.q_proj.forward(x),
-            self.num_heads,
-            self.head_dim,
-        ))
+        rope.apply(self.project_queries(x))
     }
 
     /// Post-RoPE keys `[batch, kv_heads, positions, head_dim]` of the normed input `x`.
     pub fn keys(&self, x: Tensor<3>, rope: &RopeTables) -> Tensor<4> {
-        rope.apply(split_heads(
-            self.k_proj.forward(x),
-            self.num_kv_heads,
-            self.head_dim,
-        ))
+        rope.apply(self.project_keys(x))
     }
 
     /// Values `[batch, kv_heads, positions, head_dim]` of the normed input `x`.

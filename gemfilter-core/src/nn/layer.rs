@@ -77,27 +77,49 @@ impl DecoderLayer {
         kv: &mut dyn KvStore,
         hook: &mut dyn LayerHook,
     ) -> Result<LayerOutput> {
-        let attention = &self.self_attn;
-        let normed = self.input_layernorm.forward(hidden.clone());
-        let keys = attention.keys(normed.clone(), context.rope);
+        let (attention, rope, kernel) = (&self.self_attn, context.rope, context.kernel);
+        let device = hidden.device();
+        // Every step is a profile section (see `crate::profile`); without a profile, just a call.
+        let normed = kernel.time("norm", &device, || {
+            self.input_layernorm.forward(hidden.clone())
+        });
+        let keys = kernel.time("projections", &device, || {
+            attention.project_keys(normed.clone())
+        });
+        let keys = kernel.time("rotary", &device, || rope.apply(keys));
         let view = LayerView {
             layer: context.index,
             normed: &normed,
             keys: &keys,
             attention,
-            rope: context.rope,
+            rope,
         };
         if hook.at_layer(&view) == Flow::Stop {
             return Ok(LayerOutput::Stopped(hidden));
         }
+        let (queries, values) = kernel.time("projections", &device, || {
+            (
+                attention.project_queries(normed.clone()),
+                attention.values(normed),
+            )
+        });
+        let queries = kernel.time("rotary", &device, || rope.apply(queries));
         let qkv = Qkv {
-            queries: attention.queries(normed.clone(), context.rope),
+            queries,
             keys,
-            values: attention.values(normed),
+            values,
         };
-        let attended = kv.attend(context.index, qkv, context.kernel)?;
-        let hidden = hidden + attention.output(attended);
-        let mlp_input = self.post_attention_layernorm.forward(hidden.clone());
-        Ok(LayerOutput::Hidden(hidden + self.mlp.forward(mlp_input)))
+        let attended = kv.attend(context.index, qkv, kernel)?;
+        let output = kernel.time("projections", &device, || attention.output(attended));
+        let hidden = kernel.time("residual", &device, || hidden + output);
+        let mlp_input = kernel.time("norm", &device, || {
+            self.post_attention_layernorm.forward(hidden.clone())
+        });
+        let mlp = self.mlp.forward_timed(mlp_input, kernel, &device);
+        Ok(LayerOutput::Hidden(kernel.time(
+            "residual",
+            &device,
+            || hidden + mlp,
+        )))
     }
 }

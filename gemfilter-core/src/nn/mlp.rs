@@ -3,6 +3,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
+use super::attention::AttentionKernel;
 use super::projection::Projection;
 use crate::config::Activation;
 
@@ -42,5 +43,20 @@ impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let gate = self.activation.apply(self.gate_proj.forward(x.clone()));
         self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+
+    /// [`forward`](Self::forward) with its projections and activation timed as `kernel`'s profile
+    /// sections.
+    pub fn forward_timed(
+        &self,
+        x: Tensor<3>,
+        kernel: &AttentionKernel,
+        device: &Device,
+    ) -> Tensor<3> {
+        let (gate, up) = kernel.time("projections", device, || {
+            (self.gate_proj.forward(x.clone()), self.up_proj.forward(x))
+        });
+        let gated = kernel.time("activation", device, || self.activation.apply(gate) * up);
+        kernel.time("projections", device, || self.down_proj.forward(gated))
     }
 }

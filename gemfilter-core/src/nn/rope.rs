@@ -275,7 +275,10 @@ mod tests {
     use super::*;
 
     fn host(t: Tensor<2>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
     }
 
     fn long_rope() -> RopeConfig {

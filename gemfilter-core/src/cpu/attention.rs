@@ -1,0 +1,865 @@
+//! Causal (optionally windowed) grouped-query attention on host memory: the CPU devices' kernel.
+//!
+//! Flash-attention style: for a block of query rows (the query heads sharing one key/value head,
+//! times a few positions) the keys are visited in tiles of 64; each tile's scores are one small
+//! product (keys stored transposed, so the inner loop runs along 64 keys at once), folded into a
+//! running softmax (maximum, normaliser) and a running weighted sum of the values. Nothing of
+//! size `queries × keys` ever exists; every key and value is read once per query block; all
+//! arithmetic is f32 with a vectorised `exp`. Query blocks run in parallel on rayon's pool. The
+//! same code is compiled for AVX-512, AVX2 + FMA and the baseline target and picked at run time.
+
+use rayon::prelude::*;
+
+/// Keys per tile.
+const KEY_TILE: usize = 64;
+/// Query positions per block (times the query heads of a group).
+const QUERY_BLOCK: usize = 16;
+
+/// Keys and values of one key/value head: keys transposed (`[head_dim][stride]`: column `j` is
+/// key `j`), values row-major (`[stride][head_dim]`); the first `len` columns/rows are valid.
+#[derive(Debug, Clone, Copy)]
+pub struct KeysValues<'a> {
+    /// Transposed keys, `head_dim × stride`.
+    pub keys_t: &'a [f32],
+    /// Values, `stride × head_dim`.
+    pub values: &'a [f32],
+    /// Row/column stride (capacity).
+    pub stride: usize,
+    /// Valid keys.
+    pub len: usize,
+}
+
+/// Where queries and keys sit: absolute positions and the model's window.
+#[derive(Debug, Clone, Copy)]
+pub struct Visibility {
+    /// Absolute position of the first query.
+    pub query_start: usize,
+    /// Absolute position of key 0.
+    pub key_start: usize,
+    /// Keys at distance `>= window` behind a query are invisible.
+    pub window: Option<usize>,
+}
+
+impl Visibility {
+    /// The visible key range `[lo, hi)` of the query at absolute position `position`.
+    fn range(&self, position: usize, len: usize) -> (usize, usize) {
+        let hi = (position + 1).saturating_sub(self.key_start).min(len);
+        let lo = match self.window {
+            Some(w) => (position + 1)
+                .saturating_sub(w)
+                .saturating_sub(self.key_start),
+            None => 0,
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+/// Raw output pointer shared by tasks that write disjoint rows.
+#[derive(Clone, Copy)]
+struct Output(*mut f32);
+// SAFETY: every task writes distinct rows of one buffer that outlives the tasks.
+unsafe impl Send for Output {}
+unsafe impl Sync for Output {}
+
+/// softmax(q·kᵀ·scale + mask)·v for `heads` query heads over `kv.len()` key/value heads (query
+/// head `h` reads `kv[h / (heads / kv.len())]`). `queries` is `[heads][positions][head_dim]`; the
+/// result, same layout, goes to `out`.
+pub fn attention(
+    queries: &[f32],
+    heads: usize,
+    head_dim: usize,
+    kv: &[KeysValues<'_>],
+    visibility: Visibility,
+    scale: f32,
+    out: &mut [f32],
+) {
+    attention_with(
+        Isa::detect(),
+        queries,
+        heads,
+        head_dim,
+        kv,
+        visibility,
+        scale,
+        out,
+    )
+}
+
+/// [`attention`] with the kernel compiled for `isa`.
+#[allow(clippy::too_many_arguments)]
+fn attention_with(
+    isa: Isa,
+    queries: &[f32],
+    heads: usize,
+    head_dim: usize,
+    kv: &[KeysValues<'_>],
+    visibility: Visibility,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let positions = queries.len() / (heads * head_dim).max(1);
+    assert_eq!(out.len(), queries.len(), "output size");
+    assert!(
+        !kv.is_empty() && heads.is_multiple_of(kv.len()),
+        "heads per KV head"
+    );
+    let groups = heads / kv.len();
+    let blocks = positions.div_ceil(QUERY_BLOCK);
+    let output = Output(out.as_mut_ptr());
+    let task = |(kv_head, block): (usize, usize)| {
+        let first = block * QUERY_BLOCK;
+        let count = QUERY_BLOCK.min(positions - first);
+        let rows: Vec<(usize, usize)> = (0..groups)
+            .flat_map(|g| (first..first + count).map(move |p| (kv_head * groups + g, p)))
+            .collect();
+        let job = Job {
+            queries,
+            positions,
+            head_dim,
+            rows: &rows,
+            kv: kv[kv_head],
+            visibility,
+            scale,
+            output,
+        };
+        isa.run(&job);
+    };
+    let work: Vec<(usize, usize)> = (0..kv.len())
+        .flat_map(|h| (0..blocks).map(move |b| (h, b)))
+        .collect();
+    let pairs = (positions as f64) * (kv[0].len as f64) * (heads as f64);
+    if work.len() > 1 && pairs >= 32_768.0 {
+        work.into_par_iter().for_each(task);
+    } else {
+        work.into_iter().for_each(task);
+    }
+}
+
+/// One query block's work.
+struct Job<'a> {
+    queries: &'a [f32],
+    positions: usize,
+    head_dim: usize,
+    /// `(query head, position index)` of every row of the block.
+    rows: &'a [(usize, usize)],
+    kv: KeysValues<'a>,
+    visibility: Visibility,
+    scale: f32,
+    output: Output,
+}
+
+/// The instruction set the kernel was compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Baseline,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Isa {
+    fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Baseline
+    }
+
+    /// This CPU's instruction sets, best last.
+    #[cfg(test)]
+    fn available() -> Vec<Isa> {
+        let mut all = vec![Isa::Baseline];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                all.push(Isa::Avx2);
+            }
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                all.push(Isa::Avx512);
+            }
+        }
+        all
+    }
+
+    fn run(self, job: &Job<'_>) {
+        // SAFETY (every arm): chosen only when the CPU has the features.
+        match (self, job.head_dim) {
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, 64) => unsafe { x86::avx512_64(job) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, 128) => unsafe { x86::avx512_128(job) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, 64) => unsafe { x86::avx2_64(job) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, 128) => unsafe { x86::avx2_128(job) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2 | Isa::Avx512, _) => unsafe { x86::fma_any(job) },
+            _ => flash_block::<GenericRows<false>>(job),
+        }
+    }
+}
+
+/// `e^x` for `x ≤ 0` (softmax arguments), relative error about 1e-7: `2^n · p(r)` with Cephes'
+/// `expf` polynomial on the reduced argument. Branch-free and conversion-free (the integer `n` is
+/// read from the float's bits), so loops over it vectorise.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer in the low bits.
+    let x = x.max(-87.0);
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    let n_int = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    // Cody–Waite reduction: r = x − n·ln 2 in two steps.
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+        * r
+        + 0.166_666_65)
+        * r
+        + 0.5)
+        * (r * r)
+        + r
+        + 1.0;
+    p * f32::from_bits(((n_int + 127) as u32) << 23)
+}
+
+/// `a·b + c`, fused where the instruction set has FMA (`FMA`), else a multiply and an add (a
+/// fused call without the instruction would go through libm).
+#[inline(always)]
+fn multiply_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// Lanes of the blocked reductions below (a multiple of every vector width used).
+const LANES: usize = 16;
+
+/// Maximum of `values`, in `LANES` independent lanes so that it vectorises.
+#[inline(always)]
+fn max_of(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l = l.max(v);
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    lanes.iter().copied().fold(tail, f32::max)
+}
+
+/// Sum of `values`, in `LANES` independent lanes so that it vectorises.
+#[inline(always)]
+fn sum_of(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// What the flash loop does with one row and one key tile: scores, online softmax, weighted
+/// values.
+trait RowTile {
+    /// Folds keys `tile_start..tile_start + tile` (those in `visible` relative to the tile)
+    /// into the row's running maximum, normaliser and weighted sum `acc`.
+    #[allow(clippy::too_many_arguments)]
+    fn row_tile(
+        query: &[f32],
+        kv: &KeysValues<'_>,
+        tile_start: usize,
+        tile: usize,
+        visible: (usize, usize),
+        scale: f32,
+        state: RowState<'_>,
+        scratch: &mut [f32; KEY_TILE],
+    );
+}
+
+/// The running softmax of one query row.
+struct RowState<'a> {
+    max: &'a mut f32,
+    norm: &'a mut f32,
+    acc: &'a mut [f32],
+}
+
+/// Portable rows: loops the compiler vectorises as it can.
+struct GenericRows<const FMA: bool>;
+
+impl<const FMA: bool> RowTile for GenericRows<FMA> {
+    #[inline(always)]
+    fn row_tile(
+        query: &[f32],
+        kv: &KeysValues<'_>,
+        tile_start: usize,
+        tile: usize,
+        (visible_lo, visible_hi): (usize, usize),
+        scale: f32,
+        state: RowState<'_>,
+        scratch: &mut [f32; KEY_TILE],
+    ) {
+        let d = query.len();
+        let s = &mut scratch[..tile];
+        s.fill(0.0);
+        for (c, &qc) in query.iter().enumerate() {
+            let k = &kv.keys_t[c * kv.stride + tile_start..c * kv.stride + tile_start + tile];
+            for (sj, &kj) in s.iter_mut().zip(k) {
+                *sj = multiply_add::<FMA>(qc, kj, *sj);
+            }
+        }
+        for sj in s.iter_mut() {
+            *sj *= scale;
+        }
+        s[..visible_lo].fill(f32::NEG_INFINITY);
+        s[visible_hi..].fill(f32::NEG_INFINITY);
+        let new_max = state.max.max(max_of(s));
+        let correction = exp_nonpositive(*state.max - new_max);
+        for sj in s.iter_mut() {
+            *sj = exp_nonpositive(*sj - new_max);
+        }
+        *state.norm = *state.norm * correction + sum_of(s);
+        *state.max = new_max;
+        if correction != 1.0 {
+            for x in state.acc.iter_mut() {
+                *x *= correction;
+            }
+        }
+        let values = &kv.values[(tile_start + visible_lo) * d..(tile_start + visible_hi) * d];
+        for (&p, v) in s[visible_lo..visible_hi].iter().zip(values.chunks_exact(d)) {
+            for (x, &vc) in state.acc.iter_mut().zip(v) {
+                *x = multiply_add::<FMA>(p, vc, *x);
+            }
+        }
+    }
+}
+
+/// The flash loop over one query block, generic over how a row meets a tile; inlined into each
+/// instruction-set wrapper.
+#[inline(always)]
+fn flash_block<R: RowTile>(job: &Job<'_>) {
+    let d = job.head_dim;
+    let rows = job.rows.len();
+    let kv = job.kv;
+    let mut max = vec![f32::NEG_INFINITY; rows];
+    let mut norm = vec![0.0f32; rows];
+    let mut acc = vec![0.0f32; rows * d];
+    let mut scratch = [0.0f32; KEY_TILE];
+    // Visible key ranges of every row; the block visits the union.
+    let ranges: Vec<(usize, usize)> = job
+        .rows
+        .iter()
+        .map(|&(_, p)| job.visibility.range(job.visibility.query_start + p, kv.len))
+        .collect();
+    let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+    let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);
+    let mut tile_start = lo;
+    while tile_start < hi {
+        let tile = KEY_TILE.min(hi - tile_start);
+        for (row, &(row_lo, row_hi)) in ranges.iter().enumerate() {
+            // The row's visible part of the tile; a row with none skips it.
+            let visible_lo = row_lo.max(tile_start).min(tile_start + tile) - tile_start;
+            let visible_hi = row_hi.min(tile_start + tile).max(tile_start) - tile_start;
+            if visible_lo >= visible_hi {
+                continue;
+            }
+            let (head, p) = job.rows[row];
+            let start = (head * job.positions + p) * d;
+            R::row_tile(
+                &job.queries[start..start + d],
+                &kv,
+                tile_start,
+                tile,
+                (visible_lo, visible_hi),
+                job.scale,
+                RowState {
+                    max: &mut max[row],
+                    norm: &mut norm[row],
+                    acc: &mut acc[row * d..(row + 1) * d],
+                },
+                &mut scratch,
+            );
+        }
+        tile_start += tile;
+    }
+    for (row, &(head, p)) in job.rows.iter().enumerate() {
+        let inverse = if norm[row] > 0.0 {
+            1.0 / norm[row]
+        } else {
+            0.0
+        };
+        let start = (head * job.positions + p) * d;
+        for c in 0..d {
+            // SAFETY: row (head, p) of the output belongs to this block alone.
+            unsafe { *job.output.0.add(start + c) = acc[row * d + c] * inverse };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! Explicit vectors for the common head widths (64, 128): the tile's 64 scores and the row's
+    //! weighted sum stay in registers.
+
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    /// The vector operations the rows need, implemented for 512- and 256-bit registers.
+    ///
+    /// Every method is `unsafe`: it may only run on a CPU with the register's features
+    /// (`avx512f` / `avx2` + `fma`), and `load`/`store` need `LANES` valid floats at `p`.
+    pub(super) trait Vector: Copy {
+        const LANES: usize;
+        unsafe fn zero() -> Self;
+        unsafe fn splat(x: f32) -> Self;
+        unsafe fn load(p: *const f32) -> Self;
+        unsafe fn store(self, p: *mut f32);
+        /// `a·b + c`.
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+        unsafe fn add(a: Self, b: Self) -> Self;
+        unsafe fn sub(a: Self, b: Self) -> Self;
+        unsafe fn mul(a: Self, b: Self) -> Self;
+        unsafe fn max(a: Self, b: Self) -> Self;
+        /// `2^n` per lane, where `t = n + 1.5·2^23` holds the integer `n` in its low mantissa
+        /// bits (the rounding trick of [`exp_nonpositive`]).
+        unsafe fn pow2_of_rounded(t: Self) -> Self;
+
+        unsafe fn reduce_max(self) -> f32 {
+            let mut lanes = [0.0f32; 16];
+            unsafe { self.store(lanes.as_mut_ptr()) };
+            lanes[..Self::LANES]
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max)
+        }
+
+        unsafe fn reduce_add(self) -> f32 {
+            let mut lanes = [0.0f32; 16];
+            unsafe { self.store(lanes.as_mut_ptr()) };
+            lanes[..Self::LANES].iter().sum()
+        }
+
+        /// `e^x` for `x ≤ 0`, as [`exp_nonpositive`] lane by lane.
+        #[inline(always)]
+        unsafe fn exp(self) -> Self {
+            unsafe {
+                let round = Self::splat(12_582_912.0);
+                let x = Self::max(self, Self::splat(-87.0));
+                let t = Self::fma(x, Self::splat(std::f32::consts::LOG2_E), round);
+                let n = Self::sub(t, round);
+                let r = Self::fma(n, Self::splat(-0.693_359_4), x);
+                let r = Self::fma(n, Self::splat(2.121_944_4e-4), r);
+                let mut p = Self::splat(1.987_569_1e-4);
+                p = Self::fma(p, r, Self::splat(1.398_199_9e-3));
+                p = Self::fma(p, r, Self::splat(8.333_452e-3));
+                p = Self::fma(p, r, Self::splat(4.166_579_6e-2));
+                p = Self::fma(p, r, Self::splat(0.166_666_65));
+                p = Self::fma(p, r, Self::splat(0.5));
+                p = Self::fma(p, Self::mul(r, r), r);
+                p = Self::add(p, Self::splat(1.0));
+                Self::mul(p, Self::pow2_of_rounded(t))
+            }
+        }
+    }
+
+    /// The exponent bits of `2^n` from `t = n + 1.5·2^23`: `t`'s bits minus those of `1.5·2^23`,
+    /// plus the bias 127.
+    const POW2_OFFSET: i32 = 0x4B40_0000 - 127;
+
+    impl Vector for __m512 {
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm512_storeu_ps(p, self) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            unsafe { _mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self, b: Self) -> Self {
+            unsafe { _mm512_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: Self, b: Self) -> Self {
+            unsafe { _mm512_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn max(a: Self, b: Self) -> Self {
+            unsafe { _mm512_max_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn pow2_of_rounded(t: Self) -> Self {
+            unsafe {
+                let bits = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(POW2_OFFSET));
+                _mm512_castsi512_ps(_mm512_slli_epi32(bits, 23))
+            }
+        }
+        #[inline(always)]
+        unsafe fn reduce_max(self) -> f32 {
+            unsafe { _mm512_reduce_max_ps(self) }
+        }
+        #[inline(always)]
+        unsafe fn reduce_add(self) -> f32 {
+            unsafe { _mm512_reduce_add_ps(self) }
+        }
+    }
+
+    impl Vector for __m256 {
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            unsafe { _mm256_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm256_storeu_ps(p, self) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            unsafe { _mm256_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self, b: Self) -> Self {
+            unsafe { _mm256_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: Self, b: Self) -> Self {
+            unsafe { _mm256_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn max(a: Self, b: Self) -> Self {
+            unsafe { _mm256_max_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn pow2_of_rounded(t: Self) -> Self {
+            unsafe {
+                let bits = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(POW2_OFFSET));
+                _mm256_castsi256_ps(_mm256_slli_epi32(bits, 23))
+            }
+        }
+    }
+
+    /// Rows in explicit vectors: `NK` vectors hold a tile's 64 scores, `ND` the row's weighted
+    /// sum (`head_dim = ND · LANES`). Partial tiles go the portable way.
+    pub(super) struct SimdRows<V, const NK: usize, const ND: usize>(std::marker::PhantomData<V>);
+
+    impl<V: Vector, const NK: usize, const ND: usize> RowTile for SimdRows<V, NK, ND> {
+        #[inline(always)]
+        fn row_tile(
+            query: &[f32],
+            kv: &KeysValues<'_>,
+            tile_start: usize,
+            tile: usize,
+            (visible_lo, visible_hi): (usize, usize),
+            scale: f32,
+            state: RowState<'_>,
+            scratch: &mut [f32; KEY_TILE],
+        ) {
+            if tile != KEY_TILE {
+                return GenericRows::<true>::row_tile(
+                    query,
+                    kv,
+                    tile_start,
+                    tile,
+                    (visible_lo, visible_hi),
+                    scale,
+                    state,
+                    scratch,
+                );
+            }
+            let d = query.len();
+            // SAFETY (whole body): the caller runs this under the vector's target features; a
+            // full tile's keys `tile_start..tile_start + 64` exist in every key row, and the
+            // value rows of the visible keys exist.
+            unsafe {
+                let mut scores = [V::zero(); NK];
+                let keys = kv.keys_t.as_ptr().add(tile_start);
+                for (c, &qc) in query.iter().enumerate() {
+                    let q = V::splat(qc);
+                    let row = keys.add(c * kv.stride);
+                    for (k, s) in scores.iter_mut().enumerate() {
+                        *s = V::fma(q, V::load(row.add(k * V::LANES)), *s);
+                    }
+                }
+                let scale = V::splat(scale);
+                for s in scores.iter_mut() {
+                    *s = V::mul(*s, scale);
+                }
+                if visible_lo > 0 || visible_hi < KEY_TILE {
+                    for (k, s) in scores.iter().enumerate() {
+                        s.store(scratch.as_mut_ptr().add(k * V::LANES));
+                    }
+                    scratch[..visible_lo].fill(f32::NEG_INFINITY);
+                    scratch[visible_hi..].fill(f32::NEG_INFINITY);
+                    for (k, s) in scores.iter_mut().enumerate() {
+                        *s = V::load(scratch.as_ptr().add(k * V::LANES));
+                    }
+                }
+                let mut tile_max = scores[0];
+                for s in &scores[1..] {
+                    tile_max = V::max(tile_max, *s);
+                }
+                let new_max = state.max.max(tile_max.reduce_max());
+                let correction = exp_nonpositive(*state.max - new_max);
+                let shift = V::splat(-new_max);
+                let mut total = V::zero();
+                for s in scores.iter_mut() {
+                    *s = V::exp(V::add(*s, shift));
+                    total = V::add(total, *s);
+                }
+                *state.norm = *state.norm * correction + total.reduce_add();
+                *state.max = new_max;
+                for (k, s) in scores.iter().enumerate() {
+                    s.store(scratch.as_mut_ptr().add(k * V::LANES));
+                }
+                let mut acc = [V::zero(); ND];
+                let correction = V::splat(correction);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = V::mul(V::load(state.acc.as_ptr().add(i * V::LANES)), correction);
+                }
+                let values = kv.values.as_ptr().add(tile_start * d);
+                let weights = scratch.as_ptr();
+                for j in visible_lo..visible_hi {
+                    let p = V::splat(*weights.add(j));
+                    let v = values.add(j * d);
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        *a = V::fma(p, V::load(v.add(i * V::LANES)), *a);
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    a.store(state.acc.as_mut_ptr().add(i * V::LANES));
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn avx512_64(job: &Job<'_>) {
+        flash_block::<SimdRows<__m512, 4, 4>>(job)
+    }
+
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn avx512_128(job: &Job<'_>) {
+        flash_block::<SimdRows<__m512, 4, 8>>(job)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2_64(job: &Job<'_>) {
+        flash_block::<SimdRows<__m256, 8, 8>>(job)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2_128(job: &Job<'_>) {
+        flash_block::<SimdRows<__m256, 8, 16>>(job)
+    }
+
+    /// Other head widths: the portable rows, with FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn fma_any(job: &Job<'_>) {
+        flash_block::<GenericRows<true>>(job)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state as f32 / u32::MAX as f32 - 0.5) * 4.0
+            })
+            .collect()
+    }
+
+    /// Plain softmax attention in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        heads: usize,
+        kv_heads: usize,
+        d: usize,
+        positions: usize,
+        keys: usize,
+        visibility: Visibility,
+    ) -> Vec<f32> {
+        let groups = heads / kv_heads;
+        let scale = (d as f64).powf(-0.5);
+        let mut out = vec![0.0f32; q.len()];
+        for h in 0..heads {
+            let g = h / groups;
+            for p in 0..positions {
+                let (lo, hi) = visibility.range(visibility.query_start + p, keys);
+                let qv = &q[(h * positions + p) * d..][..d];
+                let scores: Vec<f64> = (lo..hi)
+                    .map(|j| {
+                        let kv = &k[(g * keys + j) * d..][..d];
+                        qv.iter()
+                            .zip(kv)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                            * scale
+                    })
+                    .collect();
+                let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let total: f64 = e.iter().sum();
+                for c in 0..d {
+                    let x: f64 = (lo..hi)
+                        .zip(&e)
+                        .map(|(j, w)| w * v[(g * keys + j) * d + c] as f64)
+                        .sum();
+                    out[(h * positions + p) * d + c] =
+                        if total > 0.0 { (x / total) as f32 } else { 0.0 };
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn exp_is_accurate_on_softmax_arguments() {
+        for i in 0..1740 {
+            let x = -(i as f32) * 0.05;
+            let (got, want) = (exp_nonpositive(x), x.exp());
+            assert!((got - want).abs() <= 3e-7 * want, "{x}: {got} vs {want}");
+        }
+        // Below −87 the result is clamped to e^−87 ≈ 1.6e−38: nothing next to a softmax's 1.
+        assert!(exp_nonpositive(-200.0) < 2e-38);
+    }
+
+    #[test]
+    fn matches_plain_attention() {
+        for (heads, kv_heads, d, positions, past, window) in [
+            (4, 2, 16, 37, 0, None),
+            (9, 3, 64, 1, 130, None),
+            (6, 2, 8, 70, 11, Some(7)),
+            (4, 4, 32, 5, 300, Some(64)),
+            (4, 2, 128, 20, 100, None),
+        ] {
+            let keys = past + positions;
+            let q = values(heads * positions * d, 1);
+            let k = values(kv_heads * keys * d, 2);
+            let v = values(kv_heads * keys * d, 3);
+            let visibility = Visibility {
+                query_start: past,
+                key_start: 0,
+                window,
+            };
+            let expected = reference(&q, &k, &v, heads, kv_heads, d, positions, keys, visibility);
+            // Transposed keys with a capacity larger than the keys.
+            let stride = keys + 5;
+            let mut keys_t = vec![0.0f32; kv_heads * d * stride];
+            let mut vals = vec![0.0f32; kv_heads * stride * d];
+            for g in 0..kv_heads {
+                for j in 0..keys {
+                    for c in 0..d {
+                        keys_t[g * d * stride + c * stride + j] = k[(g * keys + j) * d + c];
+                        vals[g * stride * d + j * d + c] = v[(g * keys + j) * d + c];
+                    }
+                }
+            }
+            let kv: Vec<KeysValues<'_>> = (0..kv_heads)
+                .map(|g| KeysValues {
+                    keys_t: &keys_t[g * d * stride..(g + 1) * d * stride],
+                    values: &vals[g * stride * d..(g + 1) * stride * d],
+                    stride,
+                    len: keys,
+                })
+                .collect();
+            for isa in Isa::available() {
+                let mut out = vec![0.0f32; q.len()];
+                let scale = (d as f32).powf(-0.5);
+                attention_with(isa, &q, heads, d, &kv, visibility, scale, &mut out);
+                let error = out
+                    .iter()
+                    .zip(&expected)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    error < 2e-5,
+                    "{isa:?} {heads}/{kv_heads}×{d}, {positions} after {past}: {error}"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn time_prefill_layer() {
+        let (heads, kv_heads, d, n) = (9, 3, 64, 4019);
+        let q = vec![0.01f32; heads * n * d];
+        let keys_t = vec![0.02f32; kv_heads * d * n];
+        let vals = vec![0.03f32; kv_heads * n * d];
+        let kv: Vec<KeysValues<'_>> = (0..kv_heads)
+            .map(|g| KeysValues {
+                keys_t: &keys_t[g * d * n..(g + 1) * d * n],
+                values: &vals[g * n * d..(g + 1) * n * d],
+                stride: n,
+                len: n,
+            })
+            .collect();
+        let mut out = vec![0.0f32; q.len()];
+        let vis = Visibility {
+            query_start: 0,
+            key_start: 0,
+            window: None,
+        };
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            attention(&q, heads, d, &kv, vis, 0.125, &mut out);
+            println!("layer: {:.3} s", t.elapsed().as_secs_f64());
+        }
+    }
+}
