@@ -94,7 +94,11 @@ fn every_backend_gives_the_same_answers_every_time() {
 /// Half-precision runs of one fixture against the f32 reference.
 fn check_half(name: &str, device: &Device, backend: &str, dtype: DType) {
     let reference = reference(name);
-    let model = Model::load_with(fixture_dir(name), device, &LoadOptions { dtype })
+    let options = LoadOptions {
+        dtype,
+        ..LoadOptions::default()
+    };
+    let model = Model::load_with(fixture_dir(name), device, &options)
         .expect("fixture loads in half precision");
     let logits = last_logits(&model, &reference.prompt_ids);
     let scale = reference

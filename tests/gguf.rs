@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use gemfilter_models::gguf::{GgmlType, GgufFile, dtype, tokenizer_from_gguf};
 use gemfilter_models::{Model, ModelError, ModelFormat};
-use gemfilter_tests::{Device, fixture_dir, last_logits, max_abs_diff, on_every_backend};
+use gemfilter_tests::{
+    Device, fixture_dir, last_logits, load_dense, max_abs_diff, on_every_backend,
+};
 use serde::Deserialize;
 
 fn gguf_dir() -> PathBuf {
@@ -103,7 +105,7 @@ fn gguf_models_match_transformers(device: &Device) {
     {
         let name = "llama-gqa.gguf";
         let expected = &reference.files[name];
-        let model = Model::load(gguf_dir().join(name), device).unwrap();
+        let model = load_dense(gguf_dir().join(name), device);
         assert_eq!(model.info().format, ModelFormat::Gguf);
         let ids = expected.prompt_ids.as_ref().unwrap();
         let logits = last_logits(&model, ids);
@@ -116,7 +118,7 @@ fn gguf_models_match_transformers(device: &Device) {
 /// The f32 GGUF of a fixture and its Hugging Face folder are the same model.
 fn gguf_and_folder_agree(device: &Device) {
     let folder = Model::load(fixture_dir("llama-tied"), device).unwrap();
-    let gguf = Model::load(gguf_dir().join("llama-tied.gguf"), device).unwrap();
+    let gguf = load_dense(gguf_dir().join("llama-tied.gguf"), device);
     assert_eq!(
         folder.decoder().config().num_layers,
         gguf.decoder().config().num_layers
@@ -134,7 +136,7 @@ fn gguf_and_folder_agree(device: &Device) {
 /// and original context in metadata) is the same model as its Hugging Face folder.
 fn phi3_gguf_matches_its_folder(device: &Device) {
     let folder = Model::load(fixture_dir("phi3-longrope"), device).unwrap();
-    let gguf = Model::load(gguf_dir().join("phi3-longrope.gguf"), device).unwrap();
+    let gguf = load_dense(gguf_dir().join("phi3-longrope.gguf"), device);
     assert_eq!(gguf.info().architecture.name(), "phi3");
     let (mut a, b) = (
         gguf.decoder().config().clone(),

@@ -1,4 +1,5 @@
-//! Parity on the real model: SmolLM2-135M-Instruct (Q4_1 GGUF) against transformers loading the
+//! Parity on the real model: SmolLM2-135M-Instruct (Q4_1 GGUF, loaded dequantised with
+//! `--weights dense`; the packed path is `tests/quantized.rs`) against transformers loading the
 //! same file in f32 (`scripts/reference/make_smollm2_reference.py`): tokenizer ids, top-20
 //! last-position logits within 1e-3, 16 identical greedy tokens per prompt, identical GemFilter
 //! kept positions at two (filter layer, k) settings on a ~2K-token needle prompt.
@@ -7,8 +8,9 @@ use gemfilter_core::{
     GemFilterSelector, GenerationConfig, LayerObserver, Method, Probe, RunOptions, TokenSelector,
     generate,
 };
-use gemfilter_models::Model;
-use gemfilter_tests::{Device, fixture_dir, last_logits, on_every_backend, smollm2_path};
+use gemfilter_tests::{
+    Device, fixture_dir, last_logits, load_dense, on_every_backend, smollm2_path,
+};
 use serde::Deserialize;
 
 const LOGIT_TOLERANCE: f32 = 1e-3;
@@ -49,7 +51,7 @@ fn reference() -> Reference {
 }
 
 fn prompts_match_transformers(device: &Device) {
-    let model = Model::load(smollm2_path(), device).unwrap();
+    let model = load_dense(smollm2_path(), device);
     let reference = reference();
     for p in &reference.prompts {
         let ids = model.prompt_ids(&p.text, p.chat).unwrap();
@@ -90,7 +92,7 @@ fn needle_selection_matches_transformers(device: &Device) {
             self.1.push(probe);
         }
     }
-    let model = Model::load(smollm2_path(), device).unwrap();
+    let model = load_dense(smollm2_path(), device);
     let reference = reference();
     let text =
         std::fs::read_to_string(fixture_dir("smollm2").join(&reference.needle.file)).unwrap();

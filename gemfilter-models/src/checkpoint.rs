@@ -9,9 +9,11 @@ use burn::tensor::{DType, TensorData};
 use burn_store::bridge;
 use burn_store::burn_pack::Error as PackError;
 use burn_store::burn_pack::Tensor as PackTensor;
+use gemfilter_core::quant::SharedBytes;
 
 use crate::arch::TensorSpec;
 use crate::error::{ModelError, Result};
+use crate::gguf::GgmlType;
 
 /// A tensor a file offers, under its Hugging Face-style name.
 #[derive(Debug, Clone)]
@@ -21,6 +23,41 @@ pub struct Offered {
     /// The file holding it.
     pub file: PathBuf,
     /// Its name in that file (a GGUF name for GGUF files), for error messages.
+    pub file_name: String,
+    /// The tensor's raw blocks, when the file stores it in a ggml block type (GGUF), so it can
+    /// stay packed.
+    pub blocks: Option<RawBlocks>,
+}
+
+/// A `rows × cols` tensor as a file stores it in a ggml type, before any conversion.
+#[derive(Debug, Clone)]
+pub struct RawBlocks {
+    /// The ggml type.
+    pub ggml_type: GgmlType,
+    /// The tensor's bytes (a window of the memory-mapped file).
+    pub bytes: SharedBytes,
+    /// Rows (`[out, in]` layout: output features).
+    pub rows: usize,
+    /// Columns (input features).
+    pub cols: usize,
+    /// llama.cpp interleaved each head's rotary halves in these rows (q/k of LLaMA): the head
+    /// count to undo it with.
+    pub permuted_heads: Option<usize>,
+}
+
+/// One parameter of an architecture's manifest, found in a file.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The parameter as a float tensor named by module path, read only when drawn.
+    pub tensor: PackTensor,
+    /// What the manifest asked for.
+    pub spec: TensorSpec,
+    /// The file's raw blocks of the tensor holding it (the whole tensor, before any fused-row
+    /// split), when it has them.
+    pub blocks: Option<RawBlocks>,
+    /// The file holding it.
+    pub file: PathBuf,
+    /// Its name in that file.
     pub file_name: String,
 }
 
@@ -34,7 +71,7 @@ pub fn resolve(
     offered: BTreeMap<String, Offered>,
     origin: &Path,
     file_name_of: &dyn Fn(&str) -> String,
-) -> Result<(Vec<PackTensor>, Vec<String>)> {
+) -> Result<(Vec<Resolved>, Vec<String>)> {
     let mut missing: Vec<String> = Vec::new();
     for spec in manifest {
         let source = spec.source_name();
@@ -73,13 +110,20 @@ pub fn resolve(
             });
         }
         let name = spec.module_path().to_string();
-        tensors.push(match &spec.fused {
+        let tensor = match &spec.fused {
             None => {
                 let mut tensor = source.tensor.clone();
                 tensor.name = name;
                 tensor
             }
             Some(fused) => slice_rows(&source.tensor, fused.rows.clone(), name),
+        };
+        tensors.push(Resolved {
+            tensor,
+            spec: spec.clone(),
+            blocks: source.blocks.clone(),
+            file: source.file.clone(),
+            file_name: source.file_name.clone(),
         });
     }
     let unused = offered

@@ -120,6 +120,34 @@ pub enum ModelError {
         /// What is wrong with it.
         problem: String,
     },
+    /// A tensor cannot be stored in the weight format asked for.
+    #[error("cannot store tensor `{name}` of {path} as {format}: {reason}")]
+    CannotPack {
+        /// The file holding it.
+        path: PathBuf,
+        /// Checkpoint name.
+        name: String,
+        /// The weight format asked for.
+        format: String,
+        /// Why not.
+        reason: String,
+    },
+    /// The weights would not fit in the memory available, estimated before allocating.
+    #[error(
+        "{path} with {format} weights needs about {needed_gib:.1} GiB, but only {available_gib:.1} GiB of memory is available{hint}"
+    )]
+    NotEnoughMemory {
+        /// The model loaded.
+        path: PathBuf,
+        /// The weight format asked for.
+        format: String,
+        /// Estimated bytes of the weights, in GiB.
+        needed_gib: f64,
+        /// Memory available (`MemAvailable`), in GiB.
+        available_gib: f64,
+        /// What would fit, when something would.
+        hint: String,
+    },
     /// The request was refused by the decoder.
     #[error(transparent)]
     Core(#[from] CoreError),

@@ -26,6 +26,7 @@ pub mod gguf;
 pub mod hf;
 pub mod model;
 pub mod needle;
+pub mod packing;
 pub mod segments;
 pub mod selector_spec;
 pub mod synthetic;
@@ -42,6 +43,7 @@ pub use model::{
     Answer, GAP_MARKER, KeptSpan, KvMethod, LoadOptions, Mode, Model, ModelFormat, ModelInfo,
     Request,
 };
+pub use packing::{WeightFormat, WeightSummary};
 pub use segments::{Segmentation, segment_starts};
 pub use selector_spec::{SelectorSpec, SpanSpec};
 

@@ -10,6 +10,7 @@ use gemfilter_core::{
 };
 
 use crate::arch::Architecture;
+use crate::checkpoint::Resolved;
 use crate::error::{ModelError, Result};
 use crate::filter_layers::{FilterLayerChoice, filter_layer_for};
 use crate::gguf::{self, GgufFile};
@@ -17,17 +18,24 @@ use crate::hf::chat::{ChatMessage, ChatTemplate};
 use crate::hf::json::JsonFile;
 use crate::hf::tokenizer::TextTokenizer;
 use crate::hf::weights::{apply_tensors, read_checkpoint};
+use crate::packing::{WeightFormat, WeightSummary, check_memory, pack_weights};
 
 /// How to load weights.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Floating-point type the weights are converted to (f32 by default).
+    /// Compute dtype: activations, and the weights kept dense (f32 by default).
     pub dtype: DType,
+    /// Which weights stay packed in blocks ([`WeightFormat::Native`] by default: a GGUF file's
+    /// quantised tensors stay packed, a Hugging Face folder stays dense).
+    pub weights: WeightFormat,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: DType::F32 }
+        Self {
+            dtype: DType::F32,
+            weights: WeightFormat::Native,
+        }
     }
 }
 
@@ -67,6 +75,10 @@ pub struct ModelInfo {
     pub weight_files: Vec<PathBuf>,
     /// Checkpoint tensors the architecture did not use.
     pub unused_tensors: Vec<String>,
+    /// The weight format asked for.
+    pub weight_format: WeightFormat,
+    /// How the weights are stored: packed per format, and dense.
+    pub weights: WeightSummary,
 }
 
 /// A decoder with its tokenizer and chat template. Immutable once loaded: share it behind an
@@ -158,6 +170,8 @@ pub struct Request {
     pub selector: Option<Arc<dyn TokenSelector>>,
     /// Attention kernel, chunking and progress of the passes.
     pub run: RunOptions,
+    /// Keep generating past end-of-sequence tokens, up to `max_new_tokens` (benchmarks).
+    pub ignore_eos: bool,
 }
 
 impl std::fmt::Debug for Request {
@@ -172,6 +186,7 @@ impl std::fmt::Debug for Request {
                 &self.selector.as_ref().map(|s| s.name().to_string()),
             )
             .field("run", &self.run)
+            .field("ignore_eos", &self.ignore_eos)
             .finish()
     }
 }
@@ -197,6 +212,7 @@ impl Request {
             sampling: Sampling::Greedy,
             selector: None,
             run: RunOptions::default(),
+            ignore_eos: false,
         }
     }
 }
@@ -272,8 +288,7 @@ impl Model {
         let eos_token_ids = eos_token_ids(folder, &config)?;
 
         let (tensors, report) = read_checkpoint(folder, &manifest)?;
-        let mut decoder = Decoder::new(decoder_config, device)?;
-        apply_tensors(decoder.weights_mut(), tensors, options.dtype, folder)?;
+        let (decoder, weights) = build_decoder(decoder_config, tensors, options, device, folder)?;
         let filter_layer = filter_layer_for(folder, architecture, decoder.config());
         Ok(Self {
             decoder,
@@ -287,6 +302,8 @@ impl Model {
                 filter_layer,
                 weight_files: report.files,
                 unused_tensors: report.unused,
+                weight_format: options.weights,
+                weights,
             },
         })
     }
@@ -315,13 +332,9 @@ impl Model {
             None => None,
         };
         let eos_token_ids = gguf::eos_token_ids(&file);
-        let mut decoder = Decoder::new(decoder_config, device)?;
-        apply_tensors(
-            decoder.weights_mut(),
-            checkpoint.tensors,
-            options.dtype,
-            path,
-        )?;
+        let (decoder, weights) =
+            build_decoder(decoder_config, checkpoint.tensors, options, device, path)?;
+        file.release_resident_pages();
         let filter_layer = filter_layer_for(path, architecture, decoder.config());
         Ok(Self {
             decoder,
@@ -335,6 +348,8 @@ impl Model {
                 filter_layer,
                 weight_files: vec![path.to_path_buf()],
                 unused_tensors: checkpoint.unused,
+                weight_format: options.weights,
+                weights,
             },
         })
     }
@@ -350,6 +365,19 @@ impl Model {
             decoder,
             tokenizer,
             chat_template,
+            info,
+        }
+    }
+
+    /// The same model with every packed weight dequantised to the compute dtype (the arithmetic
+    /// the packed blocks stand for), to measure the packed kernels against.
+    pub fn dequantized(&self) -> Model {
+        let mut info = self.info.clone();
+        info.weight_format = WeightFormat::Dense;
+        Model {
+            decoder: self.decoder.dequantized(),
+            tokenizer: self.tokenizer.clone(),
+            chat_template: self.chat_template.clone(),
             info,
         }
     }
@@ -472,7 +500,11 @@ impl Model {
     ) -> Result<Answer> {
         let config = GenerationConfig {
             max_new_tokens: request.max_new_tokens,
-            eos_token_ids: self.info.eos_token_ids.clone(),
+            eos_token_ids: if request.ignore_eos {
+                Vec::new()
+            } else {
+                self.info.eos_token_ids.clone()
+            },
             sampling: request.sampling,
             run: request.run.clone(),
         };
@@ -531,6 +563,31 @@ impl Model {
         }
         Ok(text)
     }
+}
+
+/// A decoder with `tensors` loaded as `options` say: memory checked first, packed parameters
+/// placed, the rest applied dense in the compute dtype.
+fn build_decoder(
+    config: gemfilter_core::DecoderConfig,
+    tensors: Vec<Resolved>,
+    options: &LoadOptions,
+    device: &Device,
+    source: &Path,
+) -> Result<(Decoder, WeightSummary)> {
+    check_memory(&tensors, options.weights, options.dtype, device, source)?;
+    let tied = config.tie_word_embeddings;
+    let mut decoder = Decoder::new(config, device)?;
+    let (dense, summary) = pack_weights(
+        decoder.weights_mut(),
+        tensors,
+        options.weights,
+        tied,
+        options.dtype,
+        device,
+        source,
+    )?;
+    apply_tensors(decoder.weights_mut(), dense, options.dtype, source)?;
+    Ok((decoder, summary))
 }
 
 /// EOS ids from `config.json` and, when present, `generation_config.json` (LLaMA 3.1 Instruct

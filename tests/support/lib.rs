@@ -92,6 +92,16 @@ pub fn host_values(tensor: gemfilter_models::burn::tensor::Tensor<1>) -> Vec<f32
         .expect("f32 values")
 }
 
+/// A model with every weight dequantised to f32 (`--weights dense`): what the parity tests
+/// compare with transformers, which dequantises GGUF files the same way.
+pub fn load_dense(path: impl AsRef<std::path::Path>, device: &Device) -> gemfilter_models::Model {
+    let options = gemfilter_models::LoadOptions {
+        weights: gemfilter_models::WeightFormat::Dense,
+        ..Default::default()
+    };
+    gemfilter_models::Model::load_with(path, device, &options).expect("model loads")
+}
+
 /// Last-position logits of `ids` under `model`.
 pub fn last_logits(model: &gemfilter_models::Model, ids: &[u32]) -> Vec<f32> {
     let options = gemfilter_core::RunOptions::default();

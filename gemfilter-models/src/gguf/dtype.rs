@@ -19,6 +19,10 @@ pub enum GgmlType {
     Q4_0,
     /// 4-bit, blocks of 32 with an f16 scale and minimum.
     Q4_1,
+    /// 5-bit, blocks of 32 with one f16 scale.
+    Q5_0,
+    /// 5-bit, blocks of 32 with an f16 scale and minimum.
+    Q5_1,
     /// 8-bit, blocks of 32 with one f16 scale.
     Q8_0,
     /// 4-bit K-quant, super-blocks of 256.
@@ -44,8 +48,8 @@ impl GgmlType {
             13 => GgmlType::Q5K,
             14 => GgmlType::Q6K,
             30 => GgmlType::BF16,
-            6 => GgmlType::Unsupported(id, "Q5_0"),
-            7 => GgmlType::Unsupported(id, "Q5_1"),
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
             9 => GgmlType::Unsupported(id, "Q8_1"),
             10 => GgmlType::Unsupported(id, "Q2_K"),
             11 => GgmlType::Unsupported(id, "Q3_K"),
@@ -79,6 +83,8 @@ impl GgmlType {
             GgmlType::BF16 => "BF16",
             GgmlType::Q4_0 => "Q4_0",
             GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q5_0 => "Q5_0",
+            GgmlType::Q5_1 => "Q5_1",
             GgmlType::Q8_0 => "Q8_0",
             GgmlType::Q4K => "Q4_K",
             GgmlType::Q5K => "Q5_K",
@@ -94,6 +100,8 @@ impl GgmlType {
             GgmlType::F16 | GgmlType::BF16 => (1, 2),
             GgmlType::Q4_0 => (32, 18),
             GgmlType::Q4_1 => (32, 20),
+            GgmlType::Q5_0 => (32, 22),
+            GgmlType::Q5_1 => (32, 24),
             GgmlType::Q8_0 => (32, 34),
             GgmlType::Q4K => (QK_K, 144),
             GgmlType::Q5K => (QK_K, 176),
@@ -142,6 +150,8 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], elements: usize) -> Result<Vec<f32
         GgmlType::BF16 => out.extend(blocks.map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
         GgmlType::Q4_0 => blocks.for_each(|b| q4_0(b, &mut out)),
         GgmlType::Q4_1 => blocks.for_each(|b| q4_1(b, &mut out)),
+        GgmlType::Q5_0 => blocks.for_each(|b| q5_0(b, &mut out)),
+        GgmlType::Q5_1 => blocks.for_each(|b| q5_1(b, &mut out)),
         GgmlType::Q8_0 => blocks.for_each(|b| q8_0(b, &mut out)),
         GgmlType::Q4K => blocks.for_each(|b| q4_k(b, &mut out)),
         GgmlType::Q5K => blocks.for_each(|b| q5_k(b, &mut out)),
@@ -169,6 +179,60 @@ fn q4_1(b: &[u8], out: &mut Vec<f32>) {
     let qs = &b[4..20];
     out.extend(qs.iter().map(|&q| (q & 0x0F) as f32 * d + m));
     out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
+}
+
+/// The 5-bit values of a Q5_0 / Q5_1 block: low 4 bits from the nibbles of `qs` (Q4_0's
+/// layout), the fifth from bit `j` of the little-endian `qh`.
+fn five_bit_values(qh: &[u8], qs: &[u8]) -> [u8; 32] {
+    let high = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    std::array::from_fn(|j| {
+        let nibble = if j < 16 {
+            qs[j] & 0x0F
+        } else {
+            qs[j - 16] >> 4
+        };
+        nibble | ((((high >> j) & 1) as u8) << 4)
+    })
+}
+
+/// `d f16 | qh[4] | qs[16]`: x = (q − 16)·d with 5-bit q.
+fn q5_0(b: &[u8], out: &mut Vec<f32>) {
+    let d = half(b, 0);
+    out.extend(
+        five_bit_values(&b[2..6], &b[6..22])
+            .iter()
+            .map(|&q| (q as i32 - 16) as f32 * d),
+    );
+}
+
+/// `d f16 | m f16 | qh[4] | qs[16]`: x = q·d + m with 5-bit q.
+fn q5_1(b: &[u8], out: &mut Vec<f32>) {
+    let (d, m) = (half(b, 0), half(b, 2));
+    out.extend(
+        five_bit_values(&b[4..8], &b[8..24])
+            .iter()
+            .map(|&q| q as f32 * d + m),
+    );
+}
+
+/// Q4_K super-blocks as Q4_1 blocks: each 32-value sub-block keeps its 4-bit values, its scale
+/// `d·sc` and offset `−dmin·m` rounded to f16 (the only change). `bytes` holds whole super-blocks.
+pub fn q4_k_to_q4_1(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() / 144 * 8 * 20);
+    for b in bytes.chunks_exact(144) {
+        let (d, dmin) = (half(b, 0), half(b, 2));
+        let scales = &b[4..16];
+        for (chunk, q) in b[16..144].chunks_exact(32).enumerate() {
+            let pair = k_quant_pair(d, dmin, scales, chunk);
+            for (sub, (scale, min)) in pair.into_iter().enumerate() {
+                let value = |l: usize| if sub == 0 { q[l] & 0x0F } else { q[l] >> 4 };
+                out.extend_from_slice(&f16::from_f32(scale).to_le_bytes());
+                out.extend_from_slice(&f16::from_f32(-min).to_le_bytes());
+                out.extend((0..16).map(|j| value(j) | (value(j + 16) << 4)));
+            }
+        }
+    }
+    out
 }
 
 /// `d f16 | qs[32] i8`: x = q·d.

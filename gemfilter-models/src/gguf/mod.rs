@@ -17,7 +17,7 @@ use std::sync::Arc;
 use burn::tensor::TensorData;
 use burn_store::bridge;
 use burn_store::burn_pack::Error as PackError;
-use burn_store::burn_pack::Tensor as PackTensor;
+use gemfilter_core::quant::SharedBytes;
 use gemfilter_core::{DecoderConfig, RopeScaling};
 use serde_json::{Map, Value, json};
 
@@ -26,7 +26,7 @@ pub use reader::{GgufFile, MetaValue, TensorInfo};
 pub use tokenizer::tokenizer_from_gguf;
 
 use crate::arch::{Architecture, GgufLayout, TensorSpec};
-use crate::checkpoint::{Offered, resolve};
+use crate::checkpoint::{Offered, RawBlocks, Resolved, resolve};
 use crate::error::{ModelError, Result};
 use crate::hf::json::JsonFile;
 
@@ -259,10 +259,11 @@ fn gguf_name(layout: &GgufLayout, hf: &str) -> String {
     hf.to_string()
 }
 
-/// The tensors of a GGUF file, ready for [`crate::hf::weights::apply_tensors`].
+/// The tensors of a GGUF file, ready to be packed or applied.
 pub struct CheckpointTensors {
-    /// f32 tensors named by module path in PyTorch layout, dequantised when applied.
-    pub tensors: Vec<PackTensor>,
+    /// Tensors named by module path in PyTorch layout: f32 dequantised when drawn, with their
+    /// raw blocks.
+    pub tensors: Vec<Resolved>,
     /// Per-frequency RoPE divisors of a `rope_freqs.weight` tensor (LLaMA 3.1 files).
     pub rope_factors: Option<Vec<f64>>,
     /// GGUF tensors the architecture does not use.
@@ -302,11 +303,26 @@ pub fn checkpoint_tensors(
                 path: file.path().to_path_buf(),
                 name: info.name.clone(),
                 dtype: format!(
-                    "{type_name} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K)"
+                    "{type_name} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)"
                 ),
             });
         }
         let shape = info.shape();
+        let blocks = match (info.ggml_type, shape.as_slice()) {
+            (GgmlType::F32 | GgmlType::F16 | GgmlType::BF16, _) => None,
+            (ggml_type, &[rows, cols]) => Some(RawBlocks {
+                ggml_type,
+                bytes: SharedBytes::new(
+                    Arc::clone(&bytes) as Arc<dyn AsRef<[u8]> + Send + Sync>,
+                    info.offset as usize..(info.offset + info.byte_len) as usize,
+                )
+                .map_err(|e| corrupt(file, format!("tensor `{}`: {e}", info.name)))?,
+                rows,
+                cols,
+                permuted_heads: permute,
+            }),
+            _ => None,
+        };
         let provider_shape = shape.clone();
         let bytes = Arc::clone(&bytes);
         let tensor_info = info.clone();
@@ -334,6 +350,7 @@ pub fn checkpoint_tensors(
                 tensor,
                 file: file.path().to_path_buf(),
                 file_name: info.name.clone(),
+                blocks,
             },
         );
     }

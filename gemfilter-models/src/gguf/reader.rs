@@ -188,6 +188,24 @@ impl GgufFile {
         &self.bytes[info.offset as usize..(info.offset + info.byte_len) as usize]
     }
 
+    /// Drops the file's pages from this process's resident memory (`madvise(MADV_DONTNEED)`).
+    ///
+    /// Loading reads every tensor once; the pages it touched stay resident (and count in RSS)
+    /// although the model now holds its own repacked copy. Tensors still read from the map (an
+    /// embedding table kept in the file's blocks) fault back in on use, row by row. A no-op
+    /// where `madvise` is unavailable.
+    pub fn release_resident_pages(&self) {
+        #[cfg(unix)]
+        {
+            // SAFETY: the map is read-only and file-backed, so `MADV_DONTNEED` discards no data:
+            // a later read of any page refaults it from the file with the same contents.
+            let _ = unsafe {
+                self.bytes
+                    .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+            };
+        }
+    }
+
     /// Shared handle on the mapped bytes (for deferred dequantisation).
     pub fn shared_bytes(&self) -> Arc<memmap2::Mmap> {
         Arc::clone(&self.bytes)

@@ -13,7 +13,7 @@ use gemfilter_core::DecoderWeights;
 
 use super::json::JsonFile;
 use crate::arch::TensorSpec;
-use crate::checkpoint::{Offered, resolve};
+use crate::checkpoint::{Offered, Resolved, resolve};
 use crate::error::{ModelError, Result};
 
 /// Single-file checkpoint name.
@@ -83,6 +83,7 @@ fn read_descriptors(files: &[PathBuf]) -> Result<BTreeMap<String, Offered>> {
                     tensor: tensor.clone(),
                     file: file.clone(),
                     file_name: name.clone(),
+                    blocks: None,
                 },
             );
         }
@@ -96,7 +97,7 @@ fn read_descriptors(files: &[PathBuf]) -> Result<BTreeMap<String, Offered>> {
 pub fn read_checkpoint(
     folder: &Path,
     manifest: &[TensorSpec],
-) -> Result<(Vec<PackTensor>, LoadReport)> {
+) -> Result<(Vec<Resolved>, LoadReport)> {
     let files = weight_files(folder)?;
     let offered = read_descriptors(&files)?;
     let (tensors, unused) = resolve(manifest, offered, folder, &|name| name.to_string())?;
