@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Side by side with the best CPU engines on the same model and prompts (issue 5):
-#   ours (full attention and GemFilter, time to first token), llama.cpp (llama-cpp-python built from
-#   source, PEERS_THREADS threads) and PyTorch + transformers (f32 eager, the same GGUF dequantised).
-# Installs what it needs into a virtual environment (PyPI only), then prints one table:
-# engine, tokens, prefill seconds, and our times relative to each engine.
+# Side by side with llama.cpp (and PyTorch) on the same GGUF and the same prompts: prefill time,
+# decode tokens/s and peak RSS of every engine and method, each run in a fresh process.
+# Installs what it needs into a virtual environment (PyPI only), then prints one table with the
+# ratios of ours to llama.cpp.
 #
 # Knobs: PEERS_LENGTHS (default 1000,2000,4000,8000), PEERS_TOP_K (1024), PEERS_THREADS (2),
+#        PEERS_DECODE (32 decoded tokens timed), PEERS_WEIGHTS (native), PEERS_MODEL (the demo GGUF),
 #        PEERS_VENV (~/.cache/gemfilter-rs/peers-venv), PEERS_OUT (target/peers), PEERS_SKIP_TORCH=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,16 +28,15 @@ if [ -z "${PEERS_SKIP_TORCH:-}" ]; then
     "$venv/bin/pip" install -q -r scripts/reference/requirements.txt gguf
 fi
 
-echo "== ours (full and GemFilter k=$top_k, depth 0.5), writing the prompts"
+echo "== the prompts (needle at depth 0.5)"
 # The dev profile compiles Burn and every dependency at opt-level 3 (see Cargo.toml).
 cargo build -q -p gemfilter-cli
 bin="${CARGO_TARGET_DIR:-target}/debug/gemfilter"
-gguf="$("$bin" fetch-demo-model)"
+gguf="${PEERS_MODEL:-$("$bin" fetch-demo-model)}"
 "$bin" needle --model "$gguf" --lengths "$lengths" --depths 0.5 \
-    --methods full,gemfilter --top-k "$top_k" --max-new-tokens 1 \
-    --save-prompts "$out/prompts" --output "$out/ours"
+    --save-prompts "$out/prompts" --prompts-only
 
-echo "== peers"
-"$venv/bin/python" bench/peers.py --gguf "$gguf" --prompts "$out/prompts" \
-    --ours "$out/ours/needle.json" --threads "$threads" --output "$out/peers.json" \
-    ${PEERS_SKIP_TORCH:+--skip-torch}
+echo "== llama.cpp, ours (full, GemFilter k=$top_k, --weights ${PEERS_WEIGHTS:-native}), PyTorch"
+"$venv/bin/python" bench/peers.py --gguf "$gguf" --prompts "$out/prompts" --bin "$bin" \
+    --weights "${PEERS_WEIGHTS:-native}" --top-k "$top_k" --decode "${PEERS_DECODE:-32}" \
+    --threads "$threads" --output "$out/peers.json" ${PEERS_SKIP_TORCH:+--skip-torch}

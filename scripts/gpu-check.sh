@@ -3,7 +3,8 @@
 # libraries at run time): build with the `cuda` feature, run the parity suite on the CUDA device,
 # compare CUDA with the CPU backends, then time full attention against GemFilter on a
 # LLaMA-3.1-8B-shaped model with random weights (32 layers, 4096 hidden, 32/8 heads, 14336 MLP,
-# filter layer 13, k 1024) in bf16 at 8K, 32K, 64K and ~128K tokens.
+# filter layer 13, k 1024) in bf16 at 8K, 32K, 64K and ~128K tokens, and once more with Q4_0
+# weights kept packed on the device (Burn's QFloat blocks) at 8K.
 #
 # Building the `cuda` feature needs the LLVM bundle that cubecl-cuda's build script downloads
 # from github.com into ~/.local/share/tracel (about 1 GB, once); on a machine without that
@@ -62,6 +63,24 @@ else
 fi
 echo "== same answers as the CPU backends; f16/bf16 tolerances"
 run_tests backends "" flex,cuda
+echo "== packed weights (Burn QFloat blocks on the device) against their dequantised twins"
+run_tests quantized "cuda::" cuda
+
+echo "== Q4_0 weights on the device: LLaMA-3.1-8B shape, random blocks, 8K tokens"
+if timeout "$step_limit" "$bin" bench --synthetic llama-3.1-8b --weights q4_0 --backend cuda \
+    --lengths 8192 --top-k 1024 --filter-layer 13 --decode-tokens 16 \
+    --json >"$out/bench-q4_0.json" 2>"$out/bench-q4_0.log"; then
+    python3 - "$out/bench-q4_0.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for row in r["rows"]:
+    print(f'q4_0 {row["tokens"]:>7} {row["method"]:<16} TTFT {row["ttft_s"]:7.2f} s'
+          f'  decode {row["decode_tokens_per_s"]:6.1f} tok/s  device {row["device_reserved_mib"] or 0:8.0f} MiB')
+EOF
+else
+    echo "q4_0 benchmark: did not finish within ${step_limit} s (or failed):"; tail -3 "$out/bench-q4_0.log"
+    status=1
+fi
 
 echo "== benchmark: LLaMA-3.1-8B shape, random weights, $dtype"
 IFS=',' read -ra each <<<"$lengths"

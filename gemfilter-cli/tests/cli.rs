@@ -553,6 +553,15 @@ fn bench_reports_ratios() {
             .iter()
             .all(|p| p["gflops"].as_f64().unwrap() > 0.0)
     );
+    // The packed kernels on the same shapes: per format, a prompt's rows and one decode row.
+    let packed = json["packed_projection_rates"].as_array().unwrap();
+    assert_eq!(packed.len(), 2 * 3 * 3 * 2);
+    assert!(packed.iter().all(|p| p["value"].as_f64().unwrap() > 0.0));
+    assert!(
+        packed
+            .iter()
+            .any(|p| p["format"] == "q4_0" && p["unit"] == "GB/s")
+    );
     assert_eq!(json["prefill_chunk"], 64);
     assert_eq!(json["selection_chunk"], 100);
 }

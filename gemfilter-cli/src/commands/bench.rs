@@ -11,7 +11,7 @@ use gemfilter_core::Decoder;
 use gemfilter_core::burn::tensor::{DType, Device, Distribution, Tensor};
 use gemfilter_core::{GemFilterSelector, GenerationConfig, Method, RunOptions, generate};
 use gemfilter_models::needle::{Haystack, Needle, SplitMix64, build_prompt};
-use gemfilter_models::{Architecture, Model, default_filter_layer, synthetic};
+use gemfilter_models::{Architecture, Model, WeightFormat, default_filter_layer, synthetic};
 use serde::Serialize;
 
 use super::needle::{KvHeads, Method as MethodName};
@@ -26,7 +26,8 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "synthetic")]
     pub model: Option<PathBuf>,
     /// Benchmark a published shape with random weights and random token ids instead of a model
-    /// file (`llama-3.1-8b`).
+    /// file (`llama-3.1-8b`, `smollm2-135m-32k`); with `--weights q8_0|q4_0|q4_1` the weights are
+    /// random packed blocks.
     #[arg(long)]
     pub synthetic: Option<String>,
     /// Prompt lengths in tokens, comma-separated.
@@ -71,6 +72,11 @@ pub struct BenchArgs {
     /// Print the results as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also profile one full prefill and the decode steps after it, per length: wall time per
+    /// section (norms, projections, rotary, attention, KV-cache writes, activation, residual adds,
+    /// embedding, LM head, and what is left: host transfers, sampling).
+    #[arg(long)]
+    pub profile: bool,
     /// Also write `bench.json`, `bench.md` (table) and `bench.svg` (time to first token, peak
     /// memory and KV cache size against prompt length, one line per method) into this folder.
     #[arg(long)]
@@ -86,6 +92,8 @@ pub struct Row {
     pub method: String,
     /// Selection time (s).
     pub select_s: f64,
+    /// GemFilter rows: the prompt fitted in k, so no selection pass ran.
+    pub selection_skipped: bool,
     /// Prefill time (s).
     pub prefill_s: f64,
     /// Time to first token (s).
@@ -128,9 +136,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 )
             })?;
             let layer = default_filter_layer(Architecture::LLAMA, &config).layer;
+            // `--weights q8_0|q4_0|q4_1`: random packed blocks; otherwise dense random weights.
+            let decoder = match compute.weights {
+                WeightFormat::Packed(format) => synthetic::random_packed_decoder(
+                    config,
+                    format,
+                    compute.dtype,
+                    0,
+                    &compute.device,
+                )?,
+                _ => Decoder::random(config, &compute.device, compute.dtype)?,
+            };
             Subject::Synthetic {
-                name: name.clone(),
-                decoder: Box::new(Decoder::random(config, &compute.device, compute.dtype)?),
+                name: format!("{name} ({} weights)", compute.weights),
+                decoder: Box::new(decoder),
                 layer,
             }
         }
@@ -170,8 +189,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
     });
     let mut rows: Vec<Row> = Vec::new();
     let mut projections: Vec<(String, f64)> = Vec::new();
+    let mut packed_rates: Vec<PackedRate> = Vec::new();
+    let mut profiles = Vec::new();
     for &length in &args.lengths {
         let prompt = subject.prompt(length)?;
+        if args.profile {
+            let profile =
+                profile_passes(subject.decoder(), &prompt, args.decode_tokens, &config.run)?;
+            if !args.json {
+                print_profile(prompt.len(), &profile);
+            }
+            profiles.push(profile);
+        }
         if args.matmul_peak {
             let measured = projection_gflops(
                 subject.decoder().device(),
@@ -187,6 +216,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 println!("projection products (GFLOP/s): {}", line.join(", "));
             }
             projections.extend(measured);
+            let quantized = packed_projection_rates(subject.decoder().config(), prompt.len());
+            if !args.json {
+                for rate in &quantized {
+                    println!(
+                        "  packed {}/{} {}: {:.1} {}",
+                        rate.format, rate.kernel, rate.shape, rate.value, rate.unit
+                    );
+                }
+            }
+            packed_rates.extend(quantized);
         }
         let compressors: Vec<(String, Box<dyn gemfilter_core::KvCompressor>)> = args
             .methods
@@ -237,7 +276,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 full = Some((ttft, peak));
             }
             let model_config = subject.decoder().config();
-            let select_gflops = out.selection.as_ref().map(|_| {
+            let ran_selection = out.selection.is_some() && !out.selection_skipped;
+            let select_gflops = ran_selection.then(|| {
                 // Layers 0..r-1 in full; at r the key projection of every position.
                 let flops = layer as f64 * model_config.layer_flops(prompt.len(), 0)
                     + 2.0
@@ -264,6 +304,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 tokens: prompt.len(),
                 method: name,
                 select_s: t.select.as_secs_f64(),
+                selection_skipped: out.selection_skipped,
                 prefill_s: t.prefill.as_secs_f64(),
                 select_gflops,
                 prefill_gflops,
@@ -299,7 +340,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 .iter()
                 .map(|(shape, g)| serde_json::json!({"shape": shape, "gflops": g}))
                 .collect::<Vec<_>>(),
+            "packed_projection_rates": packed_rates,
             "rows": rows,
+            "profiles": profiles,
     });
     if args.json {
         println!("{}", serde_json::to_string(&object)?);
@@ -462,6 +505,161 @@ fn projection_gflops(
             )
         })
         .collect()
+}
+
+/// One measured rate of the host kernels' packed product.
+#[derive(Debug, Clone, serde::Serialize)]
+struct PackedRate {
+    /// Block format of the weight (`q8_0`, `q4_0`, `q4_1`).
+    format: String,
+    /// Host kernel that ran it (`vnni`, `avx2`, `scalar`).
+    kernel: &'static str,
+    /// `rows x in x out`.
+    shape: String,
+    /// `GFLOP/s` for a prompt's rows, `GB/s` of packed weight for a single row (a decode step).
+    unit: &'static str,
+    value: f64,
+}
+
+/// The host kernels' packed products (`x · Wᵀ`, the weight in each block format) on the model's
+/// projection shapes at `tokens` rows: GFLOP/s (2 per multiply-add, activation quantisation
+/// included) and, for a single row (a decode step), GB/s of packed weight streamed. Best of 6.
+fn packed_projection_rates(
+    config: &gemfilter_core::DecoderConfig,
+    tokens: usize,
+) -> Vec<PackedRate> {
+    use gemfilter_core::quant::{InterleavedMatrix, Kernel, PackedMatrix, QuantFormat};
+    let (hidden, wide) = (config.hidden_size, config.intermediate_size);
+    let mut rates = Vec::new();
+    for format in QuantFormat::ALL {
+        for (k, n) in [(hidden, hidden), (hidden, wide), (wide, hidden)] {
+            let values: Vec<f32> = (0..n * k)
+                .map(|i| ((i % 97) as f32 - 48.0) / 50.0)
+                .collect();
+            let Ok(packed) = PackedMatrix::quantize(&values, n, k, format) else {
+                continue;
+            };
+            let weight = InterleavedMatrix::from_packed(&packed);
+            for rows in [tokens, 1] {
+                let x: Vec<f32> = (0..rows * k)
+                    .map(|i| ((i % 31) as f32 - 15.0) / 16.0)
+                    .collect();
+                let mut best = f64::INFINITY;
+                for _ in 0..6 {
+                    let started = Instant::now();
+                    let _ = weight.matmul(&x, rows);
+                    best = best.min(started.elapsed().as_secs_f64());
+                }
+                let (unit, value) = if rows == 1 {
+                    ("GB/s", weight.byte_len() as f64 / best / 1e9)
+                } else {
+                    ("GFLOP/s", 2.0 * (rows * k * n) as f64 / best / 1e9)
+                };
+                rates.push(PackedRate {
+                    format: format.to_string(),
+                    kernel: Kernel::detect().name(),
+                    shape: format!("{rows}x{k}x{n}"),
+                    unit,
+                    value,
+                });
+            }
+        }
+    }
+    rates
+}
+
+/// Where the time of one full prefill and of the decode steps after it goes.
+#[derive(Debug, Clone, serde::Serialize)]
+struct PassProfile {
+    tokens: usize,
+    prefill_s: f64,
+    decode_steps: usize,
+    decode_s: f64,
+    /// `(section, prefill seconds, decode seconds per step)`, longest prefill first.
+    sections: Vec<(String, f64, f64)>,
+}
+
+/// Profiles a full prefill of `prompt` and `steps` greedy decode steps after it.
+fn profile_passes(
+    decoder: &Decoder,
+    prompt: &[u32],
+    steps: usize,
+    run: &gemfilter_core::RunOptions,
+) -> Result<PassProfile> {
+    use gemfilter_core::{Profile, generate::argmax};
+    use std::sync::Arc;
+    let host = |t: Tensor<1>| -> Vec<f32> {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32 logits")
+    };
+    let prefill_profile = Arc::new(Profile::new());
+    let options = gemfilter_core::RunOptions {
+        profile: Some(Arc::clone(&prefill_profile)),
+        ..run.clone()
+    };
+    let mut cache = decoder.new_cache(prompt.len() + steps + 1);
+    let started = Instant::now();
+    let mut next = argmax(&host(decoder.prefill(prompt, &mut cache, &options)?)) as u32;
+    let prefill_s = started.elapsed().as_secs_f64();
+    let decode_profile = Arc::new(Profile::new());
+    let options = gemfilter_core::RunOptions {
+        profile: Some(Arc::clone(&decode_profile)),
+        ..run.clone()
+    };
+    let started = Instant::now();
+    for _ in 0..steps {
+        next = argmax(&host(decoder.decode_step(next, &mut cache, &options)?)) as u32;
+    }
+    let decode_s = started.elapsed().as_secs_f64();
+    let mut sections: Vec<(String, f64, f64)> = prefill_profile
+        .sections()
+        .into_iter()
+        .map(|(name, time, _)| (name.to_string(), time.as_secs_f64(), 0.0))
+        .collect();
+    for (name, time, _) in decode_profile.sections() {
+        let per_step = time.as_secs_f64() / steps.max(1) as f64;
+        match sections.iter_mut().find(|s| s.0 == name) {
+            Some(section) => section.2 = per_step,
+            None => sections.push((name.to_string(), 0.0, per_step)),
+        }
+    }
+    let timed_prefill: f64 = sections.iter().map(|s| s.1).sum();
+    let timed_step: f64 = sections.iter().map(|s| s.2).sum();
+    sections.push((
+        "other (host transfers, sampling, glue)".into(),
+        prefill_s - timed_prefill,
+        decode_s / steps.max(1) as f64 - timed_step,
+    ));
+    Ok(PassProfile {
+        tokens: prompt.len(),
+        prefill_s,
+        decode_steps: steps,
+        decode_s,
+        sections,
+    })
+}
+
+fn print_profile(tokens: usize, profile: &PassProfile) {
+    let step = profile.decode_s / profile.decode_steps.max(1) as f64;
+    println!(
+        "profile at {tokens} tokens: prefill {:.2} s, decode {:.1} ms/step",
+        profile.prefill_s,
+        1e3 * step
+    );
+    println!(
+        "  {:<40} {:>10} {:>7} {:>12} {:>7}",
+        "section", "prefill s", "%", "decode ms", "%"
+    );
+    for (name, prefill, decode) in &profile.sections {
+        println!(
+            "  {name:<40} {prefill:>10.3} {:>6.1}% {:>12.3} {:>6.1}%",
+            100.0 * prefill / profile.prefill_s,
+            1e3 * decode,
+            100.0 * decode / step.max(f64::MIN_POSITIVE)
+        );
+    }
 }
 
 /// What is benchmarked: a loaded model, or a published shape with random weights.

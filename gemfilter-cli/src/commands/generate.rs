@@ -52,6 +52,9 @@ pub struct GenerateArgs {
     /// Wrap the prompt as a user turn of the model's chat template.
     #[arg(long)]
     pub chat: bool,
+    /// Generate exactly --max-new-tokens, past end-of-sequence tokens (for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
     #[command(flatten)]
     pub compute: ComputeArgs,
     /// Sample with this temperature instead of greedy decoding.
@@ -142,6 +145,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         sampling,
         selector: Some(selector.into()),
         run: progress::run_options(),
+        ignore_eos: args.ignore_eos,
     };
     let answer = model.generate_ids(&ids, &request)?;
     if args.json {
@@ -166,6 +170,7 @@ fn print_json(args: &GenerateArgs, backend: Backend, model: &Model, answer: &Ans
         "selector": selection.map(|_| args.selector.clone()),
         "input_tokens": generation.input_tokens,
         "kept_tokens": generation.kept_tokens,
+        "selection_skipped": generation.selection_skipped,
         "filter_layer": answer.filter_layer,
         "top_k": answer.top_k,
         "selected_positions": selection.map(|s| s.positions.clone()),
@@ -208,6 +213,11 @@ fn print_human(backend: Backend, model: &Model, answer: &Answer) -> Result<()> {
         backend.name()
     );
     match (answer.filter_layer, answer.top_k, &generation.compression) {
+        (Some(_), Some(top_k), _) if generation.selection_skipped => println!(
+            "method:  gemfilter, top-k {top_k}: the {} prompt tokens fit in the budget, so no \
+             selection pass ran (same answer as full attention)",
+            generation.input_tokens
+        ),
         (Some(layer), Some(top_k), _) => println!(
             "method:  gemfilter, filter layer {layer}, top-k {top_k}: {} → {} tokens",
             generation.input_tokens, generation.kept_tokens

@@ -72,6 +72,9 @@ pub fn run(args: InspectArgs) -> Result<()> {
             "default_filter_layer": info.filter_layer,
             "weight_files": info.weight_files,
             "unused_tensors": info.unused_tensors,
+            "weight_format": info.weight_format.name(),
+            "weights": info.weights,
+            "weight_bytes": info.weights.total_bytes(),
         });
         println!("{}", serde_json::to_string_pretty(&object)?);
         return Ok(());
@@ -123,6 +126,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
         }
     );
     println!("filter layer:   {} ({source})", info.filter_layer.layer);
+    println!(
+        "weights:        --weights {}: {} ({:.1} MiB in all)",
+        info.weight_format,
+        info.weights.describe(),
+        info.weights.total_bytes() as f64 / (1024.0 * 1024.0)
+    );
     if !info.unused_tensors.is_empty() {
         println!("unused tensors: {}", info.unused_tensors.join(", "));
     }

@@ -14,7 +14,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use gemfilter_models::burn::tensor::{DType, Device};
-use gemfilter_models::{LoadOptions, Model};
+use gemfilter_models::{LoadOptions, Model, WeightFormat};
 
 use crate::backend::{Backend, default_backend};
 use crate::progress;
@@ -32,6 +32,20 @@ pub struct ComputeArgs {
     /// supports them too; ndarray is f32 only).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub dtype: Precision,
+    /// Weight storage: `native` (a GGUF file's quantised tensors stay packed; Q4_K becomes Q4_1,
+    /// Q5/Q6 types Q8_0; float tensors and Hugging Face folders stay dense), `q8_0`, `q4_0`,
+    /// `q4_1` (every projection and the embedding packed), or `dense` (all in --dtype).
+    #[arg(long, default_value = "native", value_parser = parse_weight_format)]
+    pub weights: WeightFormat,
+}
+
+fn parse_weight_format(name: &str) -> std::result::Result<WeightFormat, String> {
+    WeightFormat::parse(name).ok_or_else(|| {
+        format!(
+            "unknown weight format `{name}` (known: {})",
+            WeightFormat::NAMES.join(", ")
+        )
+    })
 }
 
 /// Compute dtypes the CLI offers.
@@ -63,8 +77,10 @@ pub struct Compute {
     pub backend: Backend,
     /// Its device.
     pub device: Device,
-    /// Weights and activations dtype.
+    /// Activations (and dense weights) dtype.
     pub dtype: DType,
+    /// Weight storage.
+    pub weights: WeightFormat,
 }
 
 impl ComputeArgs {
@@ -84,6 +100,7 @@ impl ComputeArgs {
             backend,
             device,
             dtype,
+            weights: self.weights,
         })
     }
 }
@@ -106,6 +123,7 @@ pub fn load_model(path: &Path, compute: &Compute) -> Result<Model> {
     let spinner = progress::spinner(format!("loading {}", path.display()));
     let options = LoadOptions {
         dtype: compute.dtype,
+        weights: compute.weights,
     };
     let model = Model::load_with(path, &compute.device, &options)
         .with_context(|| format!("cannot load model {}", path.display()));

@@ -208,6 +208,9 @@ pub struct NeedleArgs {
     /// other engines on the same prompts.
     #[arg(long)]
     pub save_prompts: Option<PathBuf>,
+    /// Only write the prompts (`--save-prompts`), run nothing.
+    #[arg(long, requires = "save_prompts")]
+    pub prompts_only: bool,
 }
 
 /// One grid cell's outcome.
@@ -331,6 +334,7 @@ pub fn run_cell(
         sampling: Sampling::Greedy,
         selector: None,
         run: progress::run_options(),
+        ignore_eos: false,
     };
     memory::reset_peak();
     let answer = model.generate_ids(&prompt.ids, &request)?;
@@ -457,6 +461,7 @@ pub fn run_selector_cells(
         sampling: Sampling::Greedy,
         selector: None,
         run,
+        ignore_eos: false,
     };
     let mut cells = Vec::with_capacity(specs.len());
     for (spec, selector) in specs.iter().zip(&selectors) {
@@ -563,6 +568,10 @@ pub fn run(args: NeedleArgs) -> Result<()> {
                 let path = folder.join(format!("needle-{length}-{depth:.2}.txt"));
                 std::fs::write(&path, &prompt.text)
                     .with_context(|| format!("cannot write {}", path.display()))?;
+                if args.prompts_only {
+                    println!("{} ({} tokens)", path.display(), prompt.ids.len());
+                    continue;
+                }
             }
             for &method in &args.methods {
                 bar.set_message(format!(
@@ -617,6 +626,9 @@ pub fn run(args: NeedleArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
+    if args.prompts_only {
+        return Ok(());
+    }
     let summary = summarise(&cells, &variants, &args.lengths);
     let report = serde_json::json!({
         "model": model.info().path.display().to_string(),
