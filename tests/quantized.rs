@@ -30,10 +30,11 @@ use serde::Deserialize;
 /// 9.0e-2 on these random-weight models, whose activations have no structure. GPU backends
 /// multiply the packed tensors in float: measured 0.
 const FIXTURE_TOLERANCE: f32 = 0.12;
-/// The same on SmolLM2 loaded `native` against `dense`: measured 1.9e-2 to 3.7e-2 on the CPU
+/// The same on SmolLM2 loaded `native` against `dense`: measured 1.9e-2 to 4.4e-2 on flex and up
+/// to 6.5e-2 on ndarray (whose norms round differently before the 8-bit activation rounding)
 /// (on the top-20 logits 0.19–0.45 of up to 31, where llama.cpp's own kernels differ from f32
 /// transformers by 0.26–0.59 on the same prompts).
-const SMOLLM2_TOLERANCE: f32 = 5e-2;
+const SMOLLM2_TOLERANCE: f32 = 8e-2;
 
 #[derive(Deserialize)]
 struct QuantVectors {

@@ -77,6 +77,14 @@ impl Activation {
             Activation::Silu => burn::tensor::activation::silu(x),
         }
     }
+
+    /// The activation of one value, as the host kernels apply it.
+    #[inline(always)]
+    pub fn apply_scalar(self, x: f32) -> f32 {
+        match self {
+            Activation::Silu => crate::cpu::silu(x),
+        }
+    }
 }
 
 /// Everything the decoder needs to know about an architecture's shapes and numerics.

@@ -10,6 +10,8 @@
 
 use rayon::prelude::*;
 
+use super::exp_nonpositive;
+
 /// Keys per tile.
 const KEY_TILE: usize = 64;
 /// Query positions per block (times the query heads of a group).
@@ -61,6 +63,13 @@ struct Output(*mut f32);
 unsafe impl Send for Output {}
 unsafe impl Sync for Output {}
 
+impl Output {
+    /// The pointer (a method, so that closures capture the whole `Send + Sync` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// softmax(q·kᵀ·scale + mask)·v for `heads` query heads over `kv.len()` key/value heads (query
 /// head `h` reads `kv[h / (heads / kv.len())]`). `queries` is `[heads][positions][head_dim]`; the
 /// result, same layout, goes to `out`.
@@ -105,33 +114,129 @@ fn attention_with(
     );
     let groups = heads / kv.len();
     let blocks = positions.div_ceil(QUERY_BLOCK);
-    let output = Output(out.as_mut_ptr());
-    let task = |(kv_head, block): (usize, usize)| {
-        let first = block * QUERY_BLOCK;
-        let count = QUERY_BLOCK.min(positions - first);
-        let rows: Vec<(usize, usize)> = (0..groups)
-            .flat_map(|g| (first..first + count).map(move |p| (kv_head * groups + g, p)))
-            .collect();
-        let job = Job {
-            queries,
-            positions,
-            head_dim,
-            rows: &rows,
-            kv: kv[kv_head],
-            visibility,
-            scale,
-            output,
-        };
-        isa.run(&job);
-    };
-    let work: Vec<(usize, usize)> = (0..kv.len())
-        .flat_map(|h| (0..blocks).map(move |b| (h, b)))
-        .collect();
-    let pairs = (positions as f64) * (kv[0].len as f64) * (heads as f64);
-    if work.len() > 1 && pairs >= 32_768.0 {
-        work.into_par_iter().for_each(task);
+    let keys = kv[0].len;
+    // Few query blocks (a decode step: one per KV head) leave cores idle; then each block's keys
+    // are split in parts whose partial softmax states are merged afterwards (flash decoding).
+    let threads = rayon::current_num_threads();
+    let tasks = kv.len() * blocks;
+    let splits = if tasks < 2 * threads {
+        (2 * threads)
+            .div_ceil(tasks)
+            .min(keys / MIN_KEYS_PER_SPLIT)
+            .max(1)
     } else {
-        work.into_iter().for_each(task);
+        1
+    };
+    // Whole tiles per part, so that only the last tile of a row range is partial.
+    let part = keys.div_ceil(splits).next_multiple_of(KEY_TILE);
+    let work: Vec<(usize, usize, usize)> = (0..kv.len())
+        .flat_map(|h| (0..blocks).flat_map(move |b| (0..splits).map(move |s| (h, b, s))))
+        .collect();
+    let task =
+        |&(kv_head, block, split): &(usize, usize, usize)| -> (Vec<(usize, usize)>, BlockState) {
+            let first = block * QUERY_BLOCK;
+            let count = QUERY_BLOCK.min(positions - first);
+            let rows: Vec<(usize, usize)> = (0..groups)
+                .flat_map(|g| (first..first + count).map(move |p| (kv_head * groups + g, p)))
+                .collect();
+            let job = Job {
+                queries,
+                positions,
+                head_dim,
+                rows: &rows,
+                kv: kv[kv_head],
+                keys: (split * part, ((split + 1) * part).min(keys)),
+                visibility,
+                scale,
+            };
+            let state = isa.run(&job);
+            (rows, state)
+        };
+    let pairs = (positions as f64) * (keys as f64) * (heads as f64);
+    let parallel = work.len() > 1 && pairs >= 32_768.0;
+    let output = Output(out.as_mut_ptr());
+    let write = |rows: &[(usize, usize)], state: &BlockState| {
+        for (row, &(head, p)) in rows.iter().enumerate() {
+            let inverse = if state.norm[row] > 0.0 {
+                1.0 / state.norm[row]
+            } else {
+                0.0
+            };
+            let start = (head * positions + p) * head_dim;
+            let acc = &state.acc[row * head_dim..(row + 1) * head_dim];
+            for (c, &a) in acc.iter().enumerate() {
+                // SAFETY: row (head, p) of the output belongs to one query block, written by
+                // one task (or, split, by the merge below alone).
+                unsafe { *output.get().add(start + c) = a * inverse };
+            }
+        }
+    };
+    if splits == 1 {
+        let finish = |item: &(usize, usize, usize)| {
+            let (rows, state) = task(item);
+            write(&rows, &state);
+        };
+        if parallel {
+            work.par_iter().for_each(finish);
+        } else {
+            work.iter().for_each(finish);
+        }
+        return;
+    }
+    let parts: Vec<(Vec<(usize, usize)>, BlockState)> = if parallel {
+        work.par_iter().map(task).collect()
+    } else {
+        work.iter().map(task).collect()
+    };
+    for block_parts in parts.chunks(splits) {
+        let merged = BlockState::merge(block_parts.iter().map(|(_, state)| state), head_dim);
+        write(&block_parts[0].0, &merged);
+    }
+}
+
+/// Keys below which a block's keys are not split further.
+const MIN_KEYS_PER_SPLIT: usize = 256;
+
+/// The running softmax of a query block's rows over some keys: per row the maximum score, the
+/// normaliser `Σ e^(s − max)` and the unnormalised weighted sum of values.
+struct BlockState {
+    max: Vec<f32>,
+    norm: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+impl BlockState {
+    /// The state over the union of the parts' keys (parts of one block, same rows).
+    fn merge<'a>(parts: impl Iterator<Item = &'a BlockState> + Clone, head_dim: usize) -> Self {
+        let first = parts.clone().next().expect("at least one part");
+        let rows = first.max.len();
+        let mut merged = BlockState {
+            max: vec![f32::NEG_INFINITY; rows],
+            norm: vec![0.0; rows],
+            acc: vec![0.0; rows * head_dim],
+        };
+        for row in 0..rows {
+            let max = parts
+                .clone()
+                .map(|p| p.max[row])
+                .fold(f32::NEG_INFINITY, f32::max);
+            if max == f32::NEG_INFINITY {
+                continue; // no visible key in any part
+            }
+            merged.max[row] = max;
+            for part in parts.clone() {
+                if part.max[row] == f32::NEG_INFINITY {
+                    continue;
+                }
+                let weight = exp_nonpositive(part.max[row] - max);
+                merged.norm[row] += weight * part.norm[row];
+                let acc = &mut merged.acc[row * head_dim..(row + 1) * head_dim];
+                for (m, &a) in acc.iter_mut().zip(&part.acc[row * head_dim..]) {
+                    *m += weight * a;
+                }
+            }
+        }
+        merged
     }
 }
 
@@ -143,9 +248,10 @@ struct Job<'a> {
     /// `(query head, position index)` of every row of the block.
     rows: &'a [(usize, usize)],
     kv: KeysValues<'a>,
+    /// The key range `[lo, hi)` this job covers (all keys, or one split's part).
+    keys: (usize, usize),
     visibility: Visibility,
     scale: f32,
-    output: Output,
 }
 
 /// The instruction set the kernel was compiled for.
@@ -188,7 +294,7 @@ impl Isa {
         all
     }
 
-    fn run(self, job: &Job<'_>) {
+    fn run(self, job: &Job<'_>) -> BlockState {
         // SAFETY (every arm): chosen only when the CPU has the features.
         match (self, job.head_dim) {
             #[cfg(target_arch = "x86_64")]
@@ -204,29 +310,6 @@ impl Isa {
             _ => flash_block::<GenericRows<false>>(job),
         }
     }
-}
-
-/// `e^x` for `x ≤ 0` (softmax arguments), relative error about 1e-7: `2^n · p(r)` with Cephes'
-/// `expf` polynomial on the reduced argument. Branch-free and conversion-free (the integer `n` is
-/// read from the float's bits), so loops over it vectorise.
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer in the low bits.
-    let x = x.max(-87.0);
-    let t = x * std::f32::consts::LOG2_E + ROUND;
-    let n = t - ROUND;
-    let n_int = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    // Cody–Waite reduction: r = x − n·ln 2 in two steps.
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
-        + 0.166_666_65)
-        * r
-        + 0.5)
-        * (r * r)
-        + r
-        + 1.0;
-    p * f32::from_bits(((n_int + 127) as u32) << 23)
 }
 
 /// `a·b + c`, fused where the instruction set has FMA (`FMA`), else a multiply and an add (a
@@ -348,7 +431,7 @@ impl<const FMA: bool> RowTile for GenericRows<FMA> {
 /// The flash loop over one query block, generic over how a row meets a tile; inlined into each
 /// instruction-set wrapper.
 #[inline(always)]
-fn flash_block<R: RowTile>(job: &Job<'_>) {
+fn flash_block<R: RowTile>(job: &Job<'_>) -> BlockState {
     let d = job.head_dim;
     let rows = job.rows.len();
     let kv = job.kv;
@@ -356,11 +439,15 @@ fn flash_block<R: RowTile>(job: &Job<'_>) {
     let mut norm = vec![0.0f32; rows];
     let mut acc = vec![0.0f32; rows * d];
     let mut scratch = [0.0f32; KEY_TILE];
-    // Visible key ranges of every row; the block visits the union.
+    // Each row's visible keys within this job's key range; the block visits their union.
     let ranges: Vec<(usize, usize)> = job
         .rows
         .iter()
-        .map(|&(_, p)| job.visibility.range(job.visibility.query_start + p, kv.len))
+        .map(|&(_, p)| {
+            let (lo, hi) = job.visibility.range(job.visibility.query_start + p, kv.len);
+            let (lo, hi) = (lo.max(job.keys.0), hi.min(job.keys.1));
+            (lo.min(hi), hi)
+        })
         .collect();
     let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
     let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);
@@ -393,18 +480,7 @@ fn flash_block<R: RowTile>(job: &Job<'_>) {
         }
         tile_start += tile;
     }
-    for (row, &(head, p)) in job.rows.iter().enumerate() {
-        let inverse = if norm[row] > 0.0 {
-            1.0 / norm[row]
-        } else {
-            0.0
-        };
-        let start = (head * job.positions + p) * d;
-        for c in 0..d {
-            // SAFETY: row (head, p) of the output belongs to this block alone.
-            unsafe { *job.output.0.add(start + c) = acc[row * d + c] * inverse };
-        }
-    }
+    BlockState { max, norm, acc }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -675,28 +751,28 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,fma")]
-    pub(super) unsafe fn avx512_64(job: &Job<'_>) {
+    pub(super) unsafe fn avx512_64(job: &Job<'_>) -> BlockState {
         flash_block::<SimdRows<__m512, 4, 4>>(job)
     }
 
     #[target_feature(enable = "avx512f,fma")]
-    pub(super) unsafe fn avx512_128(job: &Job<'_>) {
+    pub(super) unsafe fn avx512_128(job: &Job<'_>) -> BlockState {
         flash_block::<SimdRows<__m512, 4, 8>>(job)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2_64(job: &Job<'_>) {
+    pub(super) unsafe fn avx2_64(job: &Job<'_>) -> BlockState {
         flash_block::<SimdRows<__m256, 8, 8>>(job)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2_128(job: &Job<'_>) {
+    pub(super) unsafe fn avx2_128(job: &Job<'_>) -> BlockState {
         flash_block::<SimdRows<__m256, 8, 16>>(job)
     }
 
     /// Other head widths: the portable rows, with FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn fma_any(job: &Job<'_>) {
+    pub(super) unsafe fn fma_any(job: &Job<'_>) -> BlockState {
         flash_block::<GenericRows<true>>(job)
     }
 }
@@ -765,17 +841,6 @@ mod tests {
     }
 
     #[test]
-    fn exp_is_accurate_on_softmax_arguments() {
-        for i in 0..1740 {
-            let x = -(i as f32) * 0.05;
-            let (got, want) = (exp_nonpositive(x), x.exp());
-            assert!((got - want).abs() <= 3e-7 * want, "{x}: {got} vs {want}");
-        }
-        // Below −87 the result is clamped to e^−87 ≈ 1.6e−38: nothing next to a softmax's 1.
-        assert!(exp_nonpositive(-200.0) < 2e-38);
-    }
-
-    #[test]
     fn matches_plain_attention() {
         for (heads, kv_heads, d, positions, past, window) in [
             (4, 2, 16, 37, 0, None),
@@ -783,6 +848,10 @@ mod tests {
             (6, 2, 8, 70, 11, Some(7)),
             (4, 4, 32, 5, 300, Some(64)),
             (4, 2, 128, 20, 100, None),
+            // One KV head and one query: the keys are split across tasks and merged.
+            (2, 1, 64, 1, 1000, None),
+            (4, 1, 64, 1, 1500, Some(300)),
+            (3, 1, 128, 2, 2000, None),
         ] {
             let keys = past + positions;
             let q = values(heads * positions * d, 1);

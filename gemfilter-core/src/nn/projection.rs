@@ -8,7 +8,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::quant::{BLOCK, PackedMatrix, QuantizedLinear, QuantizedWeight};
+use crate::quant::{BLOCK, InterleavedMatrix, PackedMatrix, QuantizedLinear, QuantizedWeight};
 
 /// `y = x·W (+ b)` for one weight matrix, whatever its storage.
 ///
@@ -92,6 +92,14 @@ impl Projection {
                 linear.weight.shape().num_elements() * linear.weight.val().dtype().size()
             }
             Projection::Quantized(linear) => linear.weight_bytes(),
+        }
+    }
+
+    /// The host matrix of a bias-free packed projection that runs on the host kernels.
+    pub fn host_matrix(&self) -> Option<&InterleavedMatrix> {
+        match self {
+            Projection::Dense(_) => None,
+            Projection::Quantized(linear) => linear.host_matrix(),
         }
     }
 

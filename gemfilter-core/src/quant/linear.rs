@@ -7,12 +7,15 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use burn::module::{Module, Param};
 use burn::tensor::quantization::{QuantMode, QuantScheme, QuantStore, QuantValue, ScaleDtype};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use super::format::{BLOCK, QuantFormat};
 use super::interleaved::InterleavedMatrix;
+use super::kernels::{Kernel, QuantizedActivations, matmul_into};
 use super::matrix::PackedMatrix;
 use crate::error::{CoreError, Result};
 
@@ -100,6 +103,14 @@ impl QuantizedLinear {
         }
     }
 
+    /// The host matrix, when this projection runs on the host kernels and has no bias.
+    pub fn host_matrix(&self) -> Option<&InterleavedMatrix> {
+        match (&self.weight, &self.bias) {
+            (QuantizedWeight::Host(matrix), None) => Some(matrix),
+            _ => None,
+        }
+    }
+
     /// Bytes the weight takes where it lives.
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {
@@ -121,6 +132,73 @@ fn block_sums<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let mut shape = dims;
     shape[D - 1] = k / BLOCK;
     sums.reshape(shape)
+}
+
+/// Products of one input with several host matrices, on the host: `x` is quantised once for all.
+pub struct HostProducts<const D: usize> {
+    dims: [usize; D],
+    device: Device,
+    dtype: DType,
+    /// `x · Wᵢᵀ` per matrix, row-major `m × rowsᵢ`.
+    pub outputs: Vec<Vec<f32>>,
+}
+
+impl<const D: usize> HostProducts<D> {
+    /// `x · Wᵀ` for every `W` of `weights` (all of `x`'s width).
+    pub fn new(x: Tensor<D>, weights: &[&InterleavedMatrix]) -> Self {
+        let dims = x.dims();
+        let device = x.device();
+        let dtype = x.dtype();
+        let k = dims[D - 1];
+        let m = dims.iter().product::<usize>() / k.max(1);
+        let data = x.into_data().convert::<f32>();
+        let values = data.as_slice::<f32>().expect("f32 activations");
+        let quantized = QuantizedActivations::new(values, m, k);
+        let kernel = Kernel::detect();
+        let outputs = weights
+            .iter()
+            .map(|weight| {
+                assert_eq!(
+                    weight.cols(),
+                    k,
+                    "activation width checked when the model was built"
+                );
+                let mut out = vec![0.0f32; m * weight.rows()];
+                matmul_into(weight, &quantized, &mut out, kernel);
+                out
+            })
+            .collect();
+        Self {
+            dims,
+            device,
+            dtype,
+            outputs,
+        }
+    }
+
+    /// `act(gate) ⊙ up` from the first two products (a gated MLP's hidden layer), computed in one
+    /// pass on the host, as a tensor on `x`'s device and dtype.
+    pub fn gated(mut self, activation: impl Fn(f32) -> f32 + Sync) -> Tensor<D> {
+        let up = self.outputs.pop().expect("two products");
+        let mut gate = self.outputs.pop().expect("two products");
+        let width = gate.len() / self.dims[..D - 1].iter().product::<usize>().max(1);
+        const CHUNK: usize = 1 << 14;
+        gate.par_chunks_mut(CHUNK)
+            .zip(up.par_chunks(CHUNK))
+            .for_each(|(g, u)| {
+                for (g, &u) in g.iter_mut().zip(u) {
+                    *g = activation(*g) * u;
+                }
+            });
+        let mut shape = self.dims;
+        shape[D - 1] = width;
+        let y = Tensor::<D>::from_data(TensorData::new(gate, shape), &self.device);
+        if self.dtype == DType::F32 {
+            y
+        } else {
+            y.cast(self.dtype)
+        }
+    }
 }
 
 /// `x · Wᵀ` through the host kernels: `x` comes to the host (no copy on flex for a contiguous f32

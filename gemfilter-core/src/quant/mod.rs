@@ -19,5 +19,7 @@ mod matrix;
 pub use format::{BLOCK, QuantFormat};
 pub use interleaved::{GROUP_ROWS, InterleavedMatrix};
 pub use kernels::{Kernel, QuantizedActivations};
-pub use linear::{QuantizedEmbedding, QuantizedLinear, QuantizedWeight, uses_host_kernels};
+pub use linear::{
+    HostProducts, QuantizedEmbedding, QuantizedLinear, QuantizedWeight, uses_host_kernels,
+};
 pub use matrix::{PackedMatrix, SharedBytes};
