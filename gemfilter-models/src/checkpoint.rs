@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::tensor::{DType, TensorData};
 use burn_store::bridge;
@@ -43,6 +44,28 @@ pub struct RawBlocks {
     /// llama.cpp interleaved each head's rotary halves in these rows (q/k of LLaMA): the head
     /// count to undo it with.
     pub permuted_heads: Option<usize>,
+    /// The read-only file mapping the bytes live in, and their range there, so that the pages
+    /// can be dropped from resident memory once the tensor is repacked.
+    pub mapping: Option<(Arc<memmap2::Mmap>, std::ops::Range<usize>)>,
+}
+
+impl RawBlocks {
+    /// Drops the tensor's file pages from this process's resident memory (`MADV_DONTNEED`):
+    /// call once the tensor is copied into the model. A later read refaults them from the
+    /// file with the same contents, so nothing depends on it.
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        if let Some((map, range)) = &self.mapping {
+            // SAFETY: the map is read-only and file-backed: DONTNEED discards no data.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    range.start,
+                    range.len(),
+                )
+            };
+        }
+    }
 }
 
 /// One parameter of an architecture's manifest, found in a file.

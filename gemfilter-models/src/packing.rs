@@ -259,6 +259,11 @@ pub fn pack_weights(
                 .projection_mut(module)?
                 .pack(matrix, device)
                 .map_err(|e| cannot(e.to_string()))?;
+            // The projection holds its own (interleaved or device) copy now: the file's pages
+            // would otherwise stay resident next to it, doubling the peak while loading.
+            if let Some(blocks) = &item.blocks {
+                blocks.release_pages();
+            }
         }
     }
     if tied && let Some(table) = embedding_table {

@@ -320,6 +320,10 @@ pub fn checkpoint_tensors(
                 rows,
                 cols,
                 permuted_heads: permute,
+                mapping: Some((
+                    Arc::clone(&bytes),
+                    info.offset as usize..(info.offset + info.byte_len) as usize,
+                )),
             }),
             _ => None,
         };
