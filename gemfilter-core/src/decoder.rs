@@ -366,6 +366,10 @@ impl Decoder {
     }
 
     /// Feeds one token through the cached decoder and returns the next-token logits.
+    ///
+    /// On CPU devices, call a loop of these from a rayon worker (inside `rayon::scope`, as
+    /// [`generate`](crate::generate::generate) does): the step's many small parallel products
+    /// then cost no thread hand-offs.
     pub fn decode_step(
         &self,
         id: u32,

@@ -215,6 +215,19 @@ pub fn generate(
     method: Method<'_>,
     config: &GenerationConfig,
 ) -> Result<Generation> {
+    // On a worker of rayon's pool: the CPU kernels' hundreds of small parallel products per
+    // decode step then split work with the other workers directly, instead of each one
+    // handing a job to the pool and blocking this thread until it is done (two context
+    // switches per product; half of a SmolLM2 decode step went to them).
+    rayon::scope(|_| generate_on_worker(decoder, prompt, method, config))
+}
+
+fn generate_on_worker(
+    decoder: &Decoder,
+    prompt: &[u32],
+    method: Method<'_>,
+    config: &GenerationConfig,
+) -> Result<Generation> {
     config.validate()?;
     if prompt.is_empty() {
         return Err(CoreError::EmptyPrompt);

@@ -194,8 +194,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for &length in &args.lengths {
         let prompt = subject.prompt(length)?;
         if args.profile {
-            let profile =
-                profile_passes(subject.decoder(), &prompt, args.decode_tokens, &config.run)?;
+            // On a rayon worker, as `generate` runs (see there).
+            let profile = rayon::scope(|_| {
+                profile_passes(subject.decoder(), &prompt, args.decode_tokens, &config.run)
+            })?;
             if !args.json {
                 print_profile(prompt.len(), &profile);
             }

@@ -79,7 +79,10 @@ mod tests {
                 "{x}: {got} vs {want}"
             );
         }
-        assert!(silu(-200.0).abs() < 1e-30, "far below zero: (almost) nothing");
+        assert!(
+            silu(-200.0).abs() < 1e-30,
+            "far below zero: (almost) nothing"
+        );
         assert_eq!(silu(200.0), 200.0);
     }
 }
