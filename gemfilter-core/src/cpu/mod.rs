@@ -2,6 +2,7 @@
 //! a sequence of small tensor operations would cost more than the arithmetic.
 
 pub mod attention;
+pub(crate) mod host_kv;
 
 use burn::tensor::Device;
 

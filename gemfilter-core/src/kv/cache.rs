@@ -1,9 +1,10 @@
 //! Key/value cache for incremental decoding, sized once.
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 
 use super::KvStore;
-use crate::cpu::attention::{KeysValues, Visibility, attention};
+use crate::cpu::attention::Visibility;
+use crate::cpu::host_kv::HostKeysValues;
 use crate::cpu::runs_on_host;
 use crate::error::{CoreError, Result};
 use crate::nn::attention::repeat_kv;
@@ -37,73 +38,7 @@ enum Storage {
     /// `[1, heads, capacity, head_dim]` device tensors.
     Device(Tensor<4>, Tensor<4>),
     /// Host memory: per head, keys transposed (`[head_dim][capacity]`) and values row-major.
-    Host(HostLayer),
-}
-
-/// A layer's keys and values in host memory.
-#[derive(Debug)]
-struct HostLayer {
-    heads: usize,
-    keys_t: Vec<f32>,
-    values: Vec<f32>,
-}
-
-/// `[1, heads, n, d]` tensor values on the host, f32.
-fn host_values(tensor: Tensor<4>) -> Vec<f32> {
-    tensor
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 values")
-}
-
-impl HostLayer {
-    fn new(heads: usize, head_dim: usize, capacity: usize) -> Self {
-        Self {
-            heads,
-            keys_t: vec![0.0; heads * head_dim * capacity],
-            values: vec![0.0; heads * capacity * head_dim],
-        }
-    }
-
-    /// Writes `keys`/`values` (`[tensor_heads][n][d]`, host order) at entries `at..at + n`,
-    /// repeating each KV head to the stored heads when they are more.
-    fn write(
-        &mut self,
-        keys: &[f32],
-        values: &[f32],
-        tensor_heads: usize,
-        at: usize,
-        d: usize,
-        capacity: usize,
-    ) {
-        let n = keys.len() / (tensor_heads * d).max(1);
-        let groups = self.heads / tensor_heads;
-        for h in 0..self.heads {
-            let source = h / groups;
-            for j in 0..n {
-                let row = &keys[(source * n + j) * d..(source * n + j + 1) * d];
-                for (c, &k) in row.iter().enumerate() {
-                    self.keys_t[(h * d + c) * capacity + at + j] = k;
-                }
-                let start = (h * capacity + at + j) * d;
-                self.values[start..start + d]
-                    .copy_from_slice(&values[(source * n + j) * d..(source * n + j + 1) * d]);
-            }
-        }
-    }
-
-    /// The key/value heads for the attention kernel, `len` entries valid.
-    fn heads(&self, d: usize, capacity: usize, len: usize) -> Vec<KeysValues<'_>> {
-        (0..self.heads)
-            .map(|h| KeysValues {
-                keys_t: &self.keys_t[h * d * capacity..(h + 1) * d * capacity],
-                values: &self.values[h * capacity * d..(h + 1) * capacity * d],
-                stride: capacity,
-                len,
-            })
-            .collect()
-    }
+    Host(HostKeysValues),
 }
 
 impl KvCache {
@@ -162,7 +97,7 @@ impl KvCache {
     /// A layer's empty storage for `heads` heads, on the host for CPU devices.
     fn storage(&self, heads: usize) -> Storage {
         if runs_on_host(&self.device) {
-            return Storage::Host(HostLayer::new(heads, self.head_dim, self.capacity));
+            return Storage::Host(HostKeysValues::new(heads, self.head_dim, self.capacity));
         }
         let shape = [1, heads, self.capacity, self.head_dim];
         let zeros = || Tensor::<4>::zeros(shape, &self.device).cast(self.dtype);
@@ -188,8 +123,7 @@ impl KvCache {
         };
         let storage = match storage {
             Storage::Host(mut host) => {
-                let (keys, values) = (host_values(keys), host_values(values));
-                host.write(&keys, &values, heads, at, dim, self.capacity);
+                host.write(keys, values, at);
                 Storage::Host(host)
             }
             Storage::Device(stored_keys, stored_values) => {
@@ -258,35 +192,15 @@ impl KvStore for KvCache {
             self.write(layer, qkv.keys, qkv.values, self.len)
         })?;
         let end = self.len + new;
-        let (position, d, capacity) = (self.position, self.head_dim, self.capacity);
+        let position = self.position;
         match self.layers[layer].as_ref().expect("written above") {
             Storage::Host(host) => Ok(kernel.time("attention", &device, || {
-                let [batch, heads, n, _] = qkv.queries.dims();
-                let dtype = qkv.queries.dtype();
-                let queries = host_values(qkv.queries);
-                let mut out = vec![0.0f32; queries.len()];
                 let visibility = Visibility {
                     query_start: position,
                     key_start,
                     window: kernel.window,
                 };
-                let scale = (d as f32).powf(-0.5);
-                attention(
-                    &queries,
-                    heads,
-                    d,
-                    &host.heads(d, capacity, end),
-                    visibility,
-                    scale,
-                    &mut out,
-                );
-                let out =
-                    Tensor::<4>::from_data(TensorData::new(out, [batch, heads, n, d]), &device);
-                if dtype == DType::F32 {
-                    out
-                } else {
-                    out.cast(dtype)
-                }
+                host.attend(qkv.queries, end, visibility)
             })),
             Storage::Device(keys, values) => {
                 let qkv = Qkv {

@@ -3,13 +3,14 @@
 use burn::module::Module;
 use burn::tensor::activation::softmax;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, Int, Tensor};
 
 use std::sync::Arc;
 
 use super::projection::Projection;
 use super::rope::RopeTables;
-use crate::cpu::attention::{KeysValues, Visibility, attention};
+use crate::cpu::attention::Visibility;
+use crate::cpu::host_kv::HostKeysValues;
 use crate::cpu::runs_on_host;
 use crate::profile::{Profile, timed};
 
@@ -97,54 +98,15 @@ impl AttentionKernel {
     /// [`attend`](Self::attend) through the CPU kernel ([`crate::cpu::attention`]): the tensors'
     /// values come to the host, the keys are transposed once, the result goes back.
     fn attend_on_host(&self, qkv: Qkv, query_start: usize, key_start: usize) -> Tensor<4> {
-        let [batch, heads, n, d] = qkv.queries.dims();
-        let [_, kv_heads, keys, _] = qkv.keys.dims();
-        let device = qkv.queries.device();
-        let dtype = qkv.queries.dtype();
-        let host = |t: Tensor<4>| -> Vec<f32> {
-            t.into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .expect("f32 values")
-        };
-        let (queries, key_rows, values) = (host(qkv.queries), host(qkv.keys), host(qkv.values));
-        let mut keys_t = vec![0.0f32; key_rows.len()];
-        for h in 0..kv_heads {
-            for j in 0..keys {
-                for c in 0..d {
-                    keys_t[(h * d + c) * keys + j] = key_rows[(h * keys + j) * d + c];
-                }
-            }
-        }
-        let kv: Vec<KeysValues<'_>> = (0..kv_heads)
-            .map(|h| KeysValues {
-                keys_t: &keys_t[h * d * keys..(h + 1) * d * keys],
-                values: &values[h * keys * d..(h + 1) * keys * d],
-                stride: keys,
-                len: keys,
-            })
-            .collect();
+        let [_, kv_heads, keys, d] = qkv.keys.dims();
+        let mut layer = HostKeysValues::new(kv_heads, d, keys);
+        layer.write(qkv.keys, qkv.values, 0);
         let visibility = Visibility {
             query_start,
             key_start,
             window: self.window,
         };
-        let mut out = vec![0.0f32; queries.len()];
-        attention(
-            &queries,
-            heads,
-            d,
-            &kv,
-            visibility,
-            (d as f32).powf(-0.5),
-            &mut out,
-        );
-        let out = Tensor::<4>::from_data(TensorData::new(out, [batch, heads, n, d]), &device);
-        if dtype == DType::F32 {
-            out
-        } else {
-            out.cast(dtype)
-        }
+        layer.attend(qkv.queries, keys, visibility)
     }
 
     /// [`attend`](Self::attend) that also returns, for every query head and key, the attention

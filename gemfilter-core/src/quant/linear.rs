@@ -154,15 +154,12 @@ impl<const D: usize> HostProducts<D> {
         let data = x.into_data().convert::<f32>();
         let values = data.as_slice::<f32>().expect("f32 activations");
         let quantized = QuantizedActivations::new(values, m, k);
+        // Widths are checked against the weights when the model is built.
         let kernel = Kernel::detect();
         let outputs = weights
             .iter()
             .map(|weight| {
-                assert_eq!(
-                    weight.cols(),
-                    k,
-                    "activation width checked when the model was built"
-                );
+                assert_eq!(weight.cols(), k, "activation width");
                 let mut out = vec![0.0f32; m * weight.rows()];
                 matmul_into(weight, &quantized, &mut out, kernel);
                 out
@@ -176,12 +173,17 @@ impl<const D: usize> HostProducts<D> {
         }
     }
 
+    /// The single product, as a tensor on `x`'s device and dtype.
+    pub fn single(mut self) -> Tensor<D> {
+        let y = self.outputs.pop().expect("one product");
+        self.tensor(y)
+    }
+
     /// `act(gate) ⊙ up` from the first two products (a gated MLP's hidden layer), computed in one
     /// pass on the host, as a tensor on `x`'s device and dtype.
     pub fn gated(mut self, activation: impl Fn(f32) -> f32 + Sync) -> Tensor<D> {
         let up = self.outputs.pop().expect("two products");
         let mut gate = self.outputs.pop().expect("two products");
-        let width = gate.len() / self.dims[..D - 1].iter().product::<usize>().max(1);
         const CHUNK: usize = 1 << 14;
         gate.par_chunks_mut(CHUNK)
             .zip(up.par_chunks(CHUNK))
@@ -190,9 +192,14 @@ impl<const D: usize> HostProducts<D> {
                     *g = activation(*g) * u;
                 }
             });
+        self.tensor(gate)
+    }
+
+    /// Host values with `x`'s leading dimensions back on `x`'s device, in `x`'s dtype.
+    fn tensor(&self, values: Vec<f32>) -> Tensor<D> {
         let mut shape = self.dims;
-        shape[D - 1] = width;
-        let y = Tensor::<D>::from_data(TensorData::new(gate, shape), &self.device);
+        shape[D - 1] = values.len() / self.dims[..D - 1].iter().product::<usize>().max(1);
+        let y = Tensor::<D>::from_data(TensorData::new(values, shape), &self.device);
         if self.dtype == DType::F32 {
             y
         } else {
@@ -204,24 +211,7 @@ impl<const D: usize> HostProducts<D> {
 /// `x · Wᵀ` through the host kernels: `x` comes to the host (no copy on flex for a contiguous f32
 /// tensor), the result goes back to `x`'s device and dtype.
 fn host_matmul<const D: usize>(matrix: &InterleavedMatrix, x: Tensor<D>) -> Tensor<D> {
-    let dims = x.dims();
-    let device = x.device();
-    let dtype = x.dtype();
-    let k = dims[D - 1];
-    let m = dims.iter().product::<usize>() / k.max(1);
-    let data = x.into_data().convert::<f32>();
-    let values = data.as_slice::<f32>().expect("f32 activations");
-    let y = matrix
-        .matmul(values, m)
-        .expect("activation width checked against the weight when the model was built");
-    let mut shape = dims;
-    shape[D - 1] = matrix.rows();
-    let y = Tensor::<D>::from_data(TensorData::new(y, shape), &device);
-    if dtype == DType::F32 {
-        y
-    } else {
-        y.cast(dtype)
-    }
+    HostProducts::new(x, &[matrix]).single()
 }
 
 /// Burn's packed form of `matrix` on `device`: `Q8_0` as signed 8-bit, `Q4_0` as full-range
