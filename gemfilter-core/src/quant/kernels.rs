@@ -131,15 +131,24 @@ impl Kernel {
         static KERNEL: OnceLock<Kernel> = OnceLock::new();
         *KERNEL.get_or_init(|| {
             let available = Kernel::available();
-            let forced = std::env::var("GEMFILTER_QUANT_KERNEL")
-                .ok()
-                .and_then(|name| {
-                    available
-                        .iter()
-                        .copied()
-                        .find(|k| k.name().eq_ignore_ascii_case(name.trim()))
-                });
-            forced.unwrap_or(*available.last().unwrap_or(&Kernel::Scalar))
+            let best = *available.last().unwrap_or(&Kernel::Scalar);
+            let Ok(name) = std::env::var("GEMFILTER_QUANT_KERNEL") else {
+                return best;
+            };
+            let forced = available
+                .iter()
+                .copied()
+                .find(|k| k.name().eq_ignore_ascii_case(name.trim()));
+            forced.unwrap_or_else(|| {
+                // A debugging knob read once per process: say that it was not honoured.
+                let names: Vec<&str> = available.iter().map(|k| k.name()).collect();
+                eprintln!(
+                    "warning: GEMFILTER_QUANT_KERNEL={name} is not one of this CPU's kernels ({}); using {}",
+                    names.join(", "),
+                    best.name()
+                );
+                best
+            })
         })
     }
 
