@@ -272,6 +272,7 @@ impl Decoder {
         let positions = hidden.dims()[1];
         let (first, layers_total) = (layers.start, layers.len());
         for index in layers.clone() {
+            options.check_cancelled()?;
             let layer = self
                 .weights
                 .layers

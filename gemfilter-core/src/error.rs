@@ -70,6 +70,9 @@ pub enum CoreError {
         /// What was wrong.
         reason: String,
     },
+    /// The caller cancelled the work (see [`CancelFlag`](crate::options::CancelFlag)).
+    #[error("the generation was cancelled")]
+    Cancelled,
     /// A weight cannot be packed or multiplied as asked.
     #[error("quantised weights: {0}")]
     Quantization(String),

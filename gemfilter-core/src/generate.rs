@@ -10,6 +10,7 @@ use crate::compress::{CompressionOutcome, KvCompressor};
 use crate::decoder::Decoder;
 use crate::error::{CoreError, Result};
 use crate::options::RunOptions;
+use crate::prefix::PrefixCache;
 use crate::selector::{Selection, TokenSelector};
 
 /// How the next token is chosen from the logits.
@@ -133,6 +134,28 @@ pub enum FinishReason {
     MaxNewTokens,
     /// The model's position range is exhausted.
     ContextFull,
+    /// The token callback asked to stop (a stop sequence appeared in the text).
+    Stopped,
+}
+
+/// One generated token, as the streaming callback of [`generate_streaming`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenEvent {
+    /// The token id.
+    pub token: u32,
+    /// Tokens generated so far, this one included.
+    pub generated: usize,
+    /// Phase timings so far (`select + prefill` is the time to first token).
+    pub timings: PhaseTimings,
+}
+
+/// What the streaming callback wants after a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenControl {
+    /// Keep generating.
+    Continue,
+    /// Stop now with [`FinishReason::Stopped`] (the token is kept).
+    Stop,
 }
 
 /// Wall time of each phase.
@@ -170,6 +193,9 @@ pub struct Generation {
     pub selection_skipped: bool,
     /// The positions each layer and head kept, for a KV-compression method.
     pub compression: Option<CompressionOutcome>,
+    /// Prompt positions whose work came from a [`PrefixCache`] (early layers of the selection
+    /// pass for GemFilter, every layer for full attention); 0 without one or on a miss.
+    pub reused_tokens: usize,
     /// Why decoding stopped.
     pub finish_reason: FinishReason,
     /// Per-phase wall time.
@@ -190,6 +216,44 @@ pub fn select_tokens(
     if top_k == 0 {
         return Err(CoreError::ZeroTopK);
     }
+    let layers = checked_layers(selector, filter_layer)?;
+    let probes = decoder.probe_layers(prompt, &layers, selector.query_window(), options)?;
+    let selection = selector.select_layers(&probes, top_k)?;
+    selection.validate(selector.name(), prompt.len(), top_k)?;
+    Ok(selection)
+}
+
+/// [`select_tokens`] whose pass continues from the longest prefix of `prompt` that
+/// `prefix_cache` holds (see [`PrefixCache`]) and leaves its own state there. Returns the
+/// selection and the number of positions reused; the selection is the one [`select_tokens`]
+/// makes.
+pub fn select_tokens_reusing(
+    decoder: &Decoder,
+    prompt: &[u32],
+    filter_layer: usize,
+    top_k: usize,
+    selector: &dyn TokenSelector,
+    options: &RunOptions,
+    prefix_cache: &mut PrefixCache,
+) -> Result<(Selection, usize)> {
+    if top_k == 0 {
+        return Err(CoreError::ZeroTopK);
+    }
+    let layers = checked_layers(selector, filter_layer)?;
+    let (probes, reused) = decoder.probe_layers_reusing(
+        prompt,
+        &layers,
+        selector.query_window(),
+        options,
+        prefix_cache,
+    )?;
+    let selection = selector.select_layers(&probes, top_k)?;
+    selection.validate(selector.name(), prompt.len(), top_k)?;
+    Ok((selection, reused))
+}
+
+/// The layers `selector` reads at `filter_layer`, none above it.
+fn checked_layers(selector: &dyn TokenSelector, filter_layer: usize) -> Result<Vec<usize>> {
     let layers = selector.layers(filter_layer);
     if let Some(&above) = layers.iter().find(|&&l| l > filter_layer) {
         return Err(CoreError::InvalidSelector {
@@ -199,10 +263,7 @@ pub fn select_tokens(
             ),
         });
     }
-    let probes = decoder.probe_layers(prompt, &layers, selector.query_window(), options)?;
-    let selection = selector.select_layers(&probes, top_k)?;
-    selection.validate(selector.name(), prompt.len(), top_k)?;
-    Ok(selection)
+    Ok(layers)
 }
 
 /// Generates an answer to `prompt` with `method`.
@@ -215,11 +276,29 @@ pub fn generate(
     method: Method<'_>,
     config: &GenerationConfig,
 ) -> Result<Generation> {
+    generate_streaming(decoder, prompt, method, config, None, &mut |_| {
+        TokenControl::Continue
+    })
+}
+
+/// [`generate`], handing each token to `on_token` as soon as it is chosen (which may stop the
+/// generation), and reusing prompt-prefix work through `prefix_cache` when one is given: the
+/// selection pass's early layers for GemFilter, the whole KV cache for full attention (the
+/// KV-compression baselines do not reuse). Raising `config.run.cancel` from another thread ends
+/// the call with [`CoreError::Cancelled`] at the next layer.
+pub fn generate_streaming(
+    decoder: &Decoder,
+    prompt: &[u32],
+    method: Method<'_>,
+    config: &GenerationConfig,
+    prefix_cache: Option<&mut PrefixCache>,
+    on_token: &mut (dyn FnMut(&TokenEvent) -> TokenControl + Send),
+) -> Result<Generation> {
     // On a worker of rayon's pool: the CPU kernels' hundreds of small parallel products per
     // decode step then split work with the other workers directly, instead of each one
     // handing a job to the pool and blocking this thread until it is done (two context
     // switches per product; half of a SmolLM2 decode step went to them).
-    rayon::scope(|_| generate_on_worker(decoder, prompt, method, config))
+    rayon::scope(|_| generate_on_worker(decoder, prompt, method, config, prefix_cache, on_token))
 }
 
 fn generate_on_worker(
@@ -227,6 +306,8 @@ fn generate_on_worker(
     prompt: &[u32],
     method: Method<'_>,
     config: &GenerationConfig,
+    mut prefix_cache: Option<&mut PrefixCache>,
+    on_token: &mut (dyn FnMut(&TokenEvent) -> TokenControl + Send),
 ) -> Result<Generation> {
     config.validate()?;
     if prompt.is_empty() {
@@ -243,6 +324,7 @@ fn generate_on_worker(
 
     let started = Instant::now();
     let mut selection_skipped = false;
+    let mut reused_tokens = 0;
     let (reduced, selection) = match method {
         Method::Full | Method::KvCompressed(_) => (prompt.to_vec(), None),
         Method::GemFilter {
@@ -256,8 +338,22 @@ fn generate_on_worker(
             top_k,
             selector,
         } => {
-            let selection =
-                select_tokens(decoder, prompt, filter_layer, top_k, selector, &config.run)?;
+            let selection = match prefix_cache.as_deref_mut() {
+                Some(cache) => {
+                    let (selection, reused) = select_tokens_reusing(
+                        decoder,
+                        prompt,
+                        filter_layer,
+                        top_k,
+                        selector,
+                        &config.run,
+                        cache,
+                    )?;
+                    reused_tokens = reused;
+                    selection
+                }
+                None => select_tokens(decoder, prompt, filter_layer, top_k, selector, &config.run)?,
+            };
             let kept = selection.positions.iter().map(|&p| prompt[p]).collect();
             (kept, Some(selection))
         }
@@ -270,6 +366,9 @@ fn generate_on_worker(
     };
     timings.select = started.elapsed();
 
+    // The whole prompt is prefilled (full attention, or GemFilter when it kept every token):
+    // its KV cache can come from, and go to, the prefix cache.
+    let whole_prompt_cached = matches!(method, Method::Full) || selection_skipped;
     let started = Instant::now();
     let (mut cache, logits, compression) = match method {
         Method::KvCompressed(compressor) => {
@@ -293,8 +392,18 @@ fn generate_on_worker(
         }
         _ => {
             let capacity = (reduced.len() + config.max_new_tokens).min(max_positions);
-            let mut cache = decoder.new_cache(capacity);
-            let logits = decoder.prefill(&reduced, &mut cache, &config.run)?;
+            let reuse = match prefix_cache.as_deref_mut() {
+                Some(prefixes) if whole_prompt_cached => {
+                    prefixes.full_prefix(&reduced, capacity, decoder.rope().embedding())
+                }
+                _ => None,
+            };
+            let (mut cache, done) = match reuse {
+                Some(found) => (found.state, found.reused),
+                None => (decoder.new_cache(capacity), 0),
+            };
+            reused_tokens = reused_tokens.max(done);
+            let logits = decoder.prefill(&reduced[done..], &mut cache, &config.run)?;
             (cache, logits, None)
         }
     };
@@ -312,6 +421,15 @@ fn generate_on_worker(
             break FinishReason::Eos;
         }
         tokens.push(next);
+        timings.decode = started.elapsed();
+        let event = TokenEvent {
+            token: next,
+            generated: tokens.len(),
+            timings,
+        };
+        if on_token(&event) == TokenControl::Stop {
+            break FinishReason::Stopped;
+        }
         if tokens.len() >= config.max_new_tokens {
             break FinishReason::MaxNewTokens;
         }
@@ -322,6 +440,9 @@ fn generate_on_worker(
         next = sampler.sample(logits)?;
     };
     timings.decode = started.elapsed();
+    if whole_prompt_cached && let Some(prefixes) = prefix_cache {
+        prefixes.insert_full(&reduced, cache);
+    }
 
     Ok(Generation {
         tokens,
@@ -330,6 +451,7 @@ fn generate_on_worker(
         selection,
         selection_skipped,
         compression,
+        reused_tokens,
         finish_reason,
         timings,
     })

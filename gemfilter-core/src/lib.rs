@@ -35,6 +35,7 @@ pub mod kv;
 pub mod layers;
 pub mod nn;
 pub mod options;
+pub mod prefix;
 pub mod probe;
 pub mod profile;
 pub mod quant;
@@ -47,13 +48,16 @@ pub use config::{Activation, DecoderConfig, RopeConfig, RopeScaling};
 pub use decoder::{Decoder, DecoderWeights, Pass};
 pub use error::{CoreError, Result};
 pub use generate::{
-    FinishReason, Generation, GenerationConfig, Method, PhaseTimings, Sampling, generate,
-    select_tokens,
+    FinishReason, Generation, GenerationConfig, Method, PhaseTimings, Sampling, TokenControl,
+    TokenEvent, generate, generate_streaming, select_tokens, select_tokens_reusing,
 };
 pub use hook::{Flow, LayerHook, LayerView, NoHook};
 pub use kv::{KvCache, KvStore, NoCache};
 pub use layers::selections_per_layer;
-pub use options::{DEFAULT_MAX_SCORES_PER_BLOCK, ForwardProgress, ProgressHook, RunOptions};
+pub use options::{
+    CancelFlag, DEFAULT_MAX_SCORES_PER_BLOCK, ForwardProgress, ProgressHook, RunOptions,
+};
+pub use prefix::{PrefixCache, PrefixCacheStats};
 pub use probe::{LayerObserver, Probe};
 pub use profile::Profile;
 pub use quant::{PackedMatrix, QuantFormat};

@@ -4,6 +4,7 @@
 //! with different settings at once; each call says how it wants to run with a [`RunOptions`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::profile::Profile;
 
@@ -31,6 +32,9 @@ pub struct RunOptions {
     pub progress: Option<ProgressHook>,
     /// Collects a per-section wall-clock profile of every pass (see [`crate::profile`]).
     pub profile: Option<Arc<Profile>>,
+    /// Raised by another thread to stop the work: every pass checks it after each layer and
+    /// fails with [`CoreError::Cancelled`](crate::CoreError::Cancelled).
+    pub cancel: Option<CancelFlag>,
 }
 
 impl Default for RunOptions {
@@ -42,6 +46,7 @@ impl Default for RunOptions {
             selection_chunk: None,
             progress: None,
             profile: None,
+            cancel: None,
         }
     }
 }
@@ -52,6 +57,14 @@ impl RunOptions {
         Self {
             progress: hook,
             ..self
+        }
+    }
+
+    /// Fails with [`CoreError::Cancelled`](crate::CoreError::Cancelled) once the cancel flag is raised.
+    pub fn check_cancelled(&self) -> crate::Result<()> {
+        match &self.cancel {
+            Some(flag) if flag.is_cancelled() => Err(crate::CoreError::Cancelled),
+            _ => Ok(()),
         }
     }
 
@@ -80,5 +93,27 @@ pub struct ProgressHook(pub Arc<dyn Fn(ForwardProgress) + Send + Sync>);
 impl std::fmt::Debug for ProgressHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ProgressHook")
+    }
+}
+
+/// A shared flag that cancels a generation from another thread (a client that went away).
+/// Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    /// A flag not yet raised.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Raises the flag: the work it was given to stops at its next check.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the flag was raised.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
     }
 }

@@ -8,6 +8,7 @@ use crate::error::{CoreError, Result};
 use crate::hook::{Flow, LayerHook, LayerView};
 use crate::kv::{KvCache, NoCache};
 use crate::options::RunOptions;
+use crate::prefix::PrefixCache;
 
 /// The view of one layer that token selectors score from.
 #[derive(Debug, Clone)]
@@ -59,6 +60,21 @@ pub trait LayerObserver {
     fn observe(&mut self, probe: Probe);
 }
 
+/// Keeps the probes of the listed layers, in the order they come.
+struct Capture<'a> {
+    layers: &'a [usize],
+    probes: Vec<Probe>,
+}
+
+impl LayerObserver for Capture<'_> {
+    fn wants(&self, layer: usize) -> bool {
+        self.layers.contains(&layer)
+    }
+    fn observe(&mut self, probe: Probe) {
+        self.probes.push(probe);
+    }
+}
+
 /// The hook of a selection pass: hands `observer` the probes it wants and stops at `stop_layer`
 /// after probing it.
 struct ProbeHook<'a> {
@@ -103,18 +119,6 @@ impl Decoder {
         query_window: usize,
         options: &RunOptions,
     ) -> Result<Vec<Probe>> {
-        struct Capture<'a> {
-            layers: &'a [usize],
-            probes: Vec<Probe>,
-        }
-        impl LayerObserver for Capture<'_> {
-            fn wants(&self, layer: usize) -> bool {
-                self.layers.contains(&layer)
-            }
-            fn observe(&mut self, probe: Probe) {
-                self.probes.push(probe);
-            }
-        }
         let mut layers = layers.to_vec();
         layers.sort_unstable();
         layers.dedup();
@@ -130,6 +134,79 @@ impl Decoder {
         self.observe(ids, stop, query_window, &mut capture, options)?;
         capture.probes.sort_by_key(|p| p.layer);
         Ok(capture.probes)
+    }
+
+    /// [`probe_layers`](Self::probe_layers) continuing from the longest prefix of `ids` that
+    /// `prefix_cache` holds a pass over (same stop layer, every layer in `layers` probed), and
+    /// keeping this pass's state there for later prompts. Returns the probes and the number of
+    /// positions reused.
+    pub fn probe_layers_reusing(
+        &self,
+        ids: &[u32],
+        layers: &[usize],
+        query_window: usize,
+        options: &RunOptions,
+        prefix_cache: &mut PrefixCache,
+    ) -> Result<(Vec<Probe>, usize)> {
+        let mut layers = layers.to_vec();
+        layers.sort_unstable();
+        layers.dedup();
+        let Some(&stop_layer) = layers.last() else {
+            return Err(CoreError::InvalidParameter(
+                "no layer to probe: the selector asked for none".into(),
+            ));
+        };
+        if stop_layer >= self.config().num_layers {
+            return Err(CoreError::FilterLayerOutOfRange {
+                layer: stop_layer,
+                num_layers: self.config().num_layers,
+            });
+        }
+        if query_window == 0 {
+            return Err(CoreError::InvalidParameter(
+                "the probe's query window must hold at least one position".into(),
+            ));
+        }
+        self.check_ids(ids, 0)?;
+        let query_window = query_window.min(ids.len());
+        let (start, reused) = match prefix_cache.selection_prefix(
+            ids,
+            stop_layer,
+            &layers,
+            query_window,
+            self.rope().embedding(),
+        ) {
+            Some(found) => (found.state, found.reused),
+            None => {
+                let cache = KvCache::new(
+                    stop_layer,
+                    self.config().head_dim,
+                    ids.len(),
+                    self.dtype(),
+                    self.device(),
+                );
+                let fresh = EarlyLayers {
+                    cache,
+                    keys: Vec::new(),
+                };
+                (fresh, 0)
+            }
+        };
+        let pass = SelectionPass {
+            stop_layer,
+            query_window,
+            chunk: options
+                .selection_chunk
+                .unwrap_or(usize::MAX)
+                .max(query_window),
+        };
+        let mut capture = Capture {
+            layers: &layers,
+            probes: Vec::with_capacity(layers.len()),
+        };
+        let state = self.observe_continuing(ids, start, pass, &mut capture, options)?;
+        prefix_cache.insert_selection(ids, stop_layer, state);
+        Ok((capture.probes, reused))
     }
 
     /// Runs layers `0..stop_layer` fully and `stop_layer` as a probe only, handing `observer`
@@ -184,10 +261,43 @@ impl Decoder {
         options: &RunOptions,
     ) -> Result<()> {
         self.check_ids(ids, 0)?;
+        let cache = KvCache::new(
+            stop_layer,
+            self.config().head_dim,
+            ids.len(),
+            self.dtype(),
+            self.device(),
+        );
+        let start = EarlyLayers {
+            cache,
+            keys: Vec::new(),
+        };
+        let pass = SelectionPass {
+            stop_layer,
+            query_window,
+            chunk,
+        };
+        self.observe_continuing(ids, start, pass, observer, options)?;
+        Ok(())
+    }
+
+    /// Continues a selection pass whose first `start.cache.position()` positions of `ids` are
+    /// done (their keys/values of layers `0..stop_layer` in `start.cache`, the keys of observed
+    /// layers in `start.keys`): the rest runs in chunks, the last at least `query_window` long
+    /// (the caller leaves that many positions to run), and `observer` gets the probes of all of
+    /// `ids`. Returns the state over all of `ids`, for a later prompt that extends them.
+    pub(crate) fn observe_continuing(
+        &self,
+        ids: &[u32],
+        start: EarlyLayers,
+        pass: SelectionPass,
+        observer: &mut dyn LayerObserver,
+        options: &RunOptions,
+    ) -> Result<EarlyLayers> {
         /// Per observed layer: the keys of every chunk so far and the latest chunk's queries.
         struct Gather<'a> {
             inner: &'a dyn LayerObserver,
-            layers: Vec<(usize, Vec<Tensor<3>>, Tensor<3>)>,
+            layers: Vec<(usize, Vec<Tensor<3>>, Option<Tensor<3>>)>,
         }
         impl LayerObserver for Gather<'_> {
             fn wants(&self, layer: usize) -> bool {
@@ -197,44 +307,54 @@ impl Decoder {
                 match self.layers.iter_mut().find(|(l, _, _)| *l == probe.layer) {
                     Some((_, keys, queries)) => {
                         keys.push(probe.keys);
-                        *queries = probe.queries;
+                        *queries = Some(probe.queries);
                     }
                     None => self
                         .layers
-                        .push((probe.layer, vec![probe.keys], probe.queries)),
+                        .push((probe.layer, vec![probe.keys], Some(probe.queries))),
                 }
             }
         }
+        let SelectionPass {
+            stop_layer,
+            query_window,
+            chunk,
+        } = pass;
+        let done = start.cache.position();
+        if done + query_window > ids.len() {
+            return Err(CoreError::InvalidParameter(format!(
+                "a selection pass continuing after {done} of {} positions leaves fewer than the \
+                 query window ({query_window}) to run",
+                ids.len()
+            )));
+        }
         // Chunk boundaries, the last chunk at least `query_window` long.
         let mut bounds: Vec<(usize, usize)> = Vec::new();
-        let mut start = 0;
-        while start < ids.len() {
-            let mut end = (start + chunk).min(ids.len());
+        let mut from = done;
+        while from < ids.len() {
+            let mut end = from.saturating_add(chunk).min(ids.len());
             if ids.len() - end < query_window && end < ids.len() {
                 end = ids.len();
             }
-            bounds.push((start, end));
-            start = end;
+            bounds.push((from, end));
+            from = end;
         }
-        let mut cache = KvCache::new(
-            stop_layer,
-            self.config().head_dim,
-            ids.len(),
-            self.dtype(),
-            self.device(),
-        );
+        let EarlyLayers { mut cache, keys } = start;
         let mut gather = Gather {
             inner: &*observer,
-            layers: Vec::new(),
+            layers: keys
+                .into_iter()
+                .map(|(layer, keys)| (layer, vec![keys], None))
+                .collect(),
         };
-        for &(start, end) in &bounds {
+        for &(from, end) in &bounds {
             let mut hook = ProbeHook {
                 observer: &mut gather,
                 stop_layer,
-                query_window: query_window.min(end - start),
+                query_window: query_window.min(end - from),
             };
             self.forward(
-                &ids[start..end],
+                &ids[from..end],
                 stop_layer + 1,
                 &mut cache,
                 &mut hook,
@@ -243,9 +363,35 @@ impl Decoder {
         }
         let mut layers = gather.layers;
         layers.sort_by_key(|(layer, _, _)| *layer);
+        let mut kept = Vec::with_capacity(layers.len());
         for (layer, keys, queries) in layers {
-            observer.observe(Probe::new(layer, queries, Tensor::cat(keys, 1)));
+            let keys = if keys.len() == 1 {
+                keys.into_iter().next().expect("one")
+            } else {
+                Tensor::cat(keys, 1)
+            };
+            if let Some(queries) = queries {
+                observer.observe(Probe::new(layer, queries, keys.clone()));
+            }
+            kept.push((layer, keys));
         }
-        Ok(())
+        Ok(EarlyLayers { cache, keys: kept })
     }
+}
+
+/// How a selection pass runs: where it stops, the probe's query window, its chunk length.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SelectionPass {
+    pub stop_layer: usize,
+    pub query_window: usize,
+    pub chunk: usize,
+}
+
+/// What a selection pass leaves behind over the positions it ran: the keys/values of layers
+/// `0..stop_layer` and the post-RoPE keys (`[kv_heads, positions, head_dim]`) of each observed
+/// layer, the stop layer included.
+#[derive(Debug)]
+pub(crate) struct EarlyLayers {
+    pub cache: KvCache,
+    pub keys: Vec<(usize, Tensor<3>)>,
 }

@@ -20,6 +20,7 @@
 pub mod arch;
 pub mod checkpoint;
 pub mod demo_model;
+pub mod engine;
 pub mod error;
 pub mod filter_layers;
 pub mod gguf;
@@ -32,6 +33,7 @@ pub mod selector_spec;
 pub mod synthetic;
 
 pub use arch::{Architecture, Family, GgufLayout, TensorSpec};
+pub use engine::{Engine, EngineConfig, EngineEvent, EngineStats, SubmitError};
 pub use error::{ModelError, Result};
 pub use filter_layers::{
     Calibration, FilterLayerChoice, FilterLayerSource, LayerRecall, default_filter_layer,
@@ -41,7 +43,7 @@ pub use hf::chat::{ChatMessage, ChatTemplate};
 pub use hf::tokenizer::TextTokenizer;
 pub use model::{
     Answer, GAP_MARKER, KeptSpan, KvMethod, LoadOptions, Mode, Model, ModelFormat, ModelInfo,
-    Request,
+    Request, TextDelta,
 };
 pub use packing::{WeightFormat, WeightSummary};
 pub use segments::{Segmentation, segment_starts};

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use burn::tensor::{DType, Device};
 use gemfilter_core::{
-    Decoder, GemFilterSelector, Generation, GenerationConfig, H2o, HeadSharing, KvCompressor,
-    Method, RunOptions, Sampling, SnapKv, TokenSelector, generate,
+    Decoder, FinishReason, GemFilterSelector, Generation, GenerationConfig, H2o, HeadSharing,
+    KvCompressor, Method, PrefixCache, RunOptions, Sampling, SnapKv, TokenControl, TokenEvent,
+    TokenSelector, generate_streaming,
 };
 
 use crate::arch::Architecture;
@@ -172,6 +173,8 @@ pub struct Request {
     pub run: RunOptions,
     /// Keep generating past end-of-sequence tokens, up to `max_new_tokens` (benchmarks).
     pub ignore_eos: bool,
+    /// Generation stops where the text first contains one of these (it is not included).
+    pub stop: Vec<String>,
 }
 
 impl std::fmt::Debug for Request {
@@ -187,6 +190,7 @@ impl std::fmt::Debug for Request {
             )
             .field("run", &self.run)
             .field("ignore_eos", &self.ignore_eos)
+            .field("stop", &self.stop)
             .finish()
     }
 }
@@ -213,6 +217,7 @@ impl Request {
             selector: None,
             run: RunOptions::default(),
             ignore_eos: false,
+            stop: Vec::new(),
         }
     }
 }
@@ -232,6 +237,20 @@ pub struct Answer {
     pub generation: Generation,
 }
 
+/// New answer text from one generated token, as [`Model::generate_streaming`] hands it out.
+#[derive(Debug, Clone)]
+pub struct TextDelta {
+    /// Text added since the previous delta (may be empty while a multi-byte character or a
+    /// possible stop sequence is incomplete).
+    pub text: String,
+    /// The token's id.
+    pub token: u32,
+    /// Tokens generated so far, this one included.
+    pub generated: usize,
+    /// Phase timings so far.
+    pub timings: gemfilter_core::PhaseTimings,
+}
+
 /// A run of consecutive kept prompt positions and its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeptSpan {
@@ -241,6 +260,133 @@ pub struct KeptSpan {
     pub end: usize,
     /// Decoded text of the run.
     pub text: String,
+}
+
+/// What one streaming call carries besides the prompt and method.
+struct Run<'a> {
+    request: &'a Request,
+    prefix_cache: Option<&'a mut PrefixCache>,
+    on_delta: &'a mut (dyn FnMut(&TextDelta) -> TokenControl + Send),
+}
+
+/// The answer's text as tokens arrive: decoded incrementally, characters split across tokens
+/// and possible starts of a stop sequence held back until they resolve.
+struct StreamingText<'a> {
+    stop: &'a [String],
+    tokens: Vec<u32>,
+    /// The text handed out so far.
+    emitted: String,
+    /// The whole text, cut at a stop sequence once one appears.
+    text: String,
+    stopped: bool,
+}
+
+/// What one token added.
+struct Piece {
+    text: String,
+    stopped: bool,
+}
+
+impl<'a> StreamingText<'a> {
+    fn new(stop: &'a [String]) -> Self {
+        Self {
+            stop,
+            tokens: Vec::new(),
+            emitted: String::new(),
+            text: String::new(),
+            stopped: false,
+        }
+    }
+
+    fn push(&mut self, tokenizer: &TextTokenizer, token: u32) -> Result<Piece> {
+        if self.stopped {
+            return Ok(Piece {
+                text: String::new(),
+                stopped: true,
+            });
+        }
+        self.tokens.push(token);
+        self.text = tokenizer.decode(&self.tokens, true)?;
+        // A character split across tokens decodes to U+FFFD until its last byte arrives.
+        let settled = self.text.trim_end_matches('\u{FFFD}').len();
+        let search_from = floor_char_boundary(
+            &self.text,
+            self.emitted
+                .len()
+                .saturating_sub(self.stop.iter().map(String::len).max().unwrap_or(0)),
+        );
+        if let Some(at) = self
+            .stop
+            .iter()
+            .filter_map(|s| {
+                self.text[search_from..]
+                    .find(s.as_str())
+                    .map(|i| i + search_from)
+            })
+            .min()
+        {
+            self.text.truncate(at);
+            self.stopped = true;
+            return Ok(Piece {
+                text: self.take_up_to(at),
+                stopped: true,
+            });
+        }
+        // Hold back a tail that may begin a stop sequence.
+        let held = self
+            .stop
+            .iter()
+            .map(|s| partial_match(&self.text[..settled], s))
+            .max()
+            .unwrap_or(0);
+        Ok(Piece {
+            text: self.take_up_to(settled - held),
+            stopped: false,
+        })
+    }
+
+    /// The text from what was emitted up to byte `end` (never backwards).
+    fn take_up_to(&mut self, end: usize) -> String {
+        let start = self.emitted.len();
+        if end <= start || !self.text.is_char_boundary(end) || !self.text.starts_with(&self.emitted)
+        {
+            return String::new();
+        }
+        let piece = self.text[start..end].to_string();
+        self.emitted.push_str(&piece);
+        piece
+    }
+
+    /// The text not yet handed out, once generation ended.
+    fn finish(&mut self) -> String {
+        let end = self.text.len();
+        self.take_up_to(end)
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    fn into_text(self) -> String {
+        self.text
+    }
+}
+
+/// The length of the longest suffix of `text` that is a proper prefix of `stop`.
+fn partial_match(text: &str, stop: &str) -> usize {
+    (1..stop.len().min(text.len() + 1))
+        .rev()
+        .find(|&n| stop.is_char_boundary(n) && text.ends_with(&stop[..n]))
+        .unwrap_or(0)
+}
+
+/// The largest char boundary of `text` at or below `index`.
+fn floor_char_boundary(text: &str, index: usize) -> usize {
+    let mut index = index.min(text.len());
+    while !text.is_char_boundary(index) {
+        index -= 1;
+    }
+    index
 }
 
 /// Marker placed between non-adjacent kept spans in [`Model::kept_text`].
@@ -426,8 +572,47 @@ impl Model {
         self.generate_ids(&ids, request)
     }
 
+    /// Token ids of a conversation rendered with the chat template, the assistant header
+    /// appended.
+    pub fn chat_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        let template = self.chat_template.as_ref().ok_or_else(|| {
+            ModelError::ChatTemplate(format!(
+                "{} has no chat template (tokenizer_config.json `chat_template` or chat_template.jinja)",
+                self.info.path.display()
+            ))
+        })?;
+        let text = template.render(messages, true)?;
+        self.tokenizer.encode(&text, false)
+    }
+
     /// Answers a prompt given as token ids.
     pub fn generate_ids(&self, prompt_ids: &[u32], request: &Request) -> Result<Answer> {
+        self.generate_streaming(prompt_ids, request, None, &mut |_| TokenControl::Continue)
+    }
+
+    /// Answers a prompt given as token ids, handing each piece of new text to `on_delta` as
+    /// soon as it is known (return [`TokenControl::Stop`] to end early), stopping at
+    /// `request.stop` sequences, and reusing prompt-prefix work through `prefix_cache` (see
+    /// [`PrefixCache`]). Cancel from another thread with `request.run.cancel`.
+    pub fn generate_streaming(
+        &self,
+        prompt_ids: &[u32],
+        request: &Request,
+        prefix_cache: Option<&mut PrefixCache>,
+        on_delta: &mut (dyn FnMut(&TextDelta) -> TokenControl + Send),
+    ) -> Result<Answer> {
+        if request.stop.iter().any(|s| s.is_empty()) {
+            return Err(ModelError::Core(
+                gemfilter_core::CoreError::InvalidParameter(
+                    "stop sequences must not be empty".into(),
+                ),
+            ));
+        }
+        let run = Run {
+            request,
+            prefix_cache,
+            on_delta,
+        };
         let paper_selector = GemFilterSelector::default();
         let selector: &dyn TokenSelector = match &request.selector {
             Some(selector) => selector.as_ref(),
@@ -459,13 +644,13 @@ impl Model {
                 return self.answer(
                     prompt_ids,
                     Method::KvCompressed(compressor.as_ref()),
-                    request,
+                    run,
                     None,
                     Some(budget),
                 );
             }
         };
-        self.answer(prompt_ids, method, request, filter_layer, top_k)
+        self.answer(prompt_ids, method, run, filter_layer, top_k)
     }
 
     /// Answers from the positions of `selection`, made beforehand (for instance by several
@@ -481,10 +666,15 @@ impl Model {
         request: &Request,
     ) -> Result<Answer> {
         let top_k = selection.positions.len();
+        let run = Run {
+            request,
+            prefix_cache: None,
+            on_delta: &mut |_| TokenControl::Continue,
+        };
         self.answer(
             prompt_ids,
             Method::Preselected(selection),
-            request,
+            run,
             Some(selection_layer),
             Some(top_k),
         )
@@ -494,10 +684,15 @@ impl Model {
         &self,
         prompt_ids: &[u32],
         method: Method<'_>,
-        request: &Request,
+        run: Run<'_>,
         filter_layer: Option<usize>,
         top_k: Option<usize>,
     ) -> Result<Answer> {
+        let Run {
+            request,
+            prefix_cache,
+            on_delta,
+        } = run;
         let config = GenerationConfig {
             max_new_tokens: request.max_new_tokens,
             eos_token_ids: if request.ignore_eos {
@@ -508,10 +703,55 @@ impl Model {
             sampling: request.sampling,
             run: request.run.clone(),
         };
-        let generation = generate(&self.decoder, prompt_ids, method, &config)?;
-        let text = self.tokenizer.decode(&generation.tokens, true)?;
+        let mut text = StreamingText::new(&request.stop);
+        let mut failure = None;
+        let mut on_token = |event: &TokenEvent| {
+            let piece = match text.push(&self.tokenizer, event.token) {
+                Ok(piece) => piece,
+                Err(error) => {
+                    failure = Some(error);
+                    return TokenControl::Stop;
+                }
+            };
+            let delta = TextDelta {
+                text: piece.text,
+                token: event.token,
+                generated: event.generated,
+                timings: event.timings,
+            };
+            let wanted = on_delta(&delta);
+            if piece.stopped {
+                TokenControl::Stop
+            } else {
+                wanted
+            }
+        };
+        let mut generation = generate_streaming(
+            &self.decoder,
+            prompt_ids,
+            method,
+            &config,
+            prefix_cache,
+            &mut on_token,
+        )?;
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        // Whatever was held back (an incomplete stop sequence that never completed) is text.
+        let rest = text.finish();
+        if !rest.is_empty() {
+            on_delta(&TextDelta {
+                text: rest,
+                token: *generation.tokens.last().unwrap_or(&0),
+                generated: generation.tokens.len(),
+                timings: generation.timings,
+            });
+        }
+        if text.stopped() {
+            generation.finish_reason = FinishReason::Stopped;
+        }
         Ok(Answer {
-            text,
+            text: text.into_text(),
             prompt_ids: prompt_ids.to_vec(),
             filter_layer,
             top_k,
@@ -604,4 +844,19 @@ fn eos_token_ids(folder: &Path, config: &JsonFile) -> Result<Vec<u32>> {
         }
     }
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{floor_char_boundary, partial_match};
+
+    #[test]
+    fn partial_match_finds_a_possible_stop_start() {
+        assert_eq!(partial_match("Hello ##", "###"), 2);
+        assert_eq!(partial_match("Hello #", "###"), 1);
+        assert_eq!(partial_match("Hello", "###"), 0);
+        // A complete match is not partial: the caller finds it first.
+        assert_eq!(partial_match("a###", "###"), 2);
+        assert_eq!(floor_char_boundary("aé", 2), 1);
+    }
 }

@@ -55,6 +55,9 @@ pub struct GenerateArgs {
     /// Generate exactly --max-new-tokens, past end-of-sequence tokens (for benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Stop where the answer text contains this sequence (repeat for several).
+    #[arg(long)]
+    pub stop: Vec<String>,
     #[command(flatten)]
     pub compute: ComputeArgs,
     /// Sample with this temperature instead of greedy decoding.
@@ -146,6 +149,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         selector: Some(selector.into()),
         run: progress::run_options(),
         ignore_eos: args.ignore_eos,
+        stop: args.stop.clone(),
     };
     let answer = model.generate_ids(&ids, &request)?;
     if args.json {

@@ -335,6 +335,7 @@ pub fn run_cell(
         selector: None,
         run: progress::run_options(),
         ignore_eos: false,
+        stop: Vec::new(),
     };
     memory::reset_peak();
     let answer = model.generate_ids(&prompt.ids, &request)?;
@@ -462,6 +463,7 @@ pub fn run_selector_cells(
         selector: None,
         run,
         ignore_eos: false,
+        stop: Vec::new(),
     };
     let mut cells = Vec::with_capacity(specs.len());
     for (spec, selector) in specs.iter().zip(&selectors) {

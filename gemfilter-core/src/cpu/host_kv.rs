@@ -38,6 +38,26 @@ impl HostKeysValues {
         }
     }
 
+    /// A copy of the first `len` entries in storage for `capacity` entries.
+    pub(crate) fn copy_prefix(&self, len: usize, capacity: usize) -> Self {
+        let (heads, d, old) = (self.heads, self.head_dim, self.capacity);
+        let mut copy = Self::new(heads, d, capacity);
+        for row in 0..heads * d {
+            copy.keys_t[row * capacity..row * capacity + len]
+                .copy_from_slice(&self.keys_t[row * old..row * old + len]);
+        }
+        for h in 0..heads {
+            copy.values[h * capacity * d..(h * capacity + len) * d]
+                .copy_from_slice(&self.values[h * old * d..(h * old + len) * d]);
+        }
+        copy
+    }
+
+    /// Bytes held (all `capacity` entries).
+    pub(crate) fn bytes(&self) -> usize {
+        (self.keys_t.len() + self.values.len()) * std::mem::size_of::<f32>()
+    }
+
     /// Writes `keys`/`values` (`[1, kv_heads, n, head_dim]`) at entries `at..at + n`, repeating
     /// each KV head to the stored heads when they are more (one entry set per query head).
     pub(crate) fn write(&mut self, keys: Tensor<4>, values: Tensor<4>, at: usize) {

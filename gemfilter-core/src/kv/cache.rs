@@ -166,6 +166,91 @@ impl KvCache {
         self.position = positions;
     }
 
+    /// A copy of this cache's first `len` entries (positions `0..len`) with room for `capacity`
+    /// entries: a later prompt sharing those positions continues from it. Fails on a compressed
+    /// cache (its entries are not a prefix of positions) or when `len` exceeds what is held.
+    pub fn copy_prefix(&self, len: usize, capacity: usize) -> Result<KvCache> {
+        if self.len != self.position {
+            return Err(CoreError::InvalidParameter(
+                "a compressed KV cache holds no prompt prefix to reuse".into(),
+            ));
+        }
+        if len > self.len || len > capacity {
+            return Err(CoreError::InvalidParameter(format!(
+                "cannot copy {len} cached positions: the cache holds {} and the copy has room for {capacity}",
+                self.len
+            )));
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|storage| {
+                storage.as_ref().map(|storage| match storage {
+                    Storage::Host(host) => Storage::Host(host.copy_prefix(len, capacity)),
+                    Storage::Device(keys, values) => {
+                        let [batch, heads, _, dim] = keys.dims();
+                        let copy = |stored: &Tensor<4>| {
+                            let zeros =
+                                Tensor::<4>::zeros([batch, heads, capacity, dim], &self.device)
+                                    .cast(self.dtype);
+                            if len == 0 {
+                                return zeros;
+                            }
+                            zeros.slice_assign(
+                                [0..batch, 0..heads, 0..len, 0..dim],
+                                stored.clone().narrow(2, 0, len),
+                            )
+                        };
+                        Storage::Device(copy(keys), copy(values))
+                    }
+                })
+            })
+            .collect();
+        Ok(KvCache {
+            layers,
+            len,
+            position: len,
+            capacity,
+            head_dim: self.head_dim,
+            dtype: self.dtype,
+            device: self.device.clone(),
+        })
+    }
+
+    /// Forgets every position from `len` on (storage is kept): what a prompt's cache holds once
+    /// its generated tokens are dropped. Fails on a compressed cache.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if self.len != self.position {
+            return Err(CoreError::InvalidParameter(
+                "a compressed KV cache cannot be truncated to a prompt prefix".into(),
+            ));
+        }
+        self.len = self.len.min(len);
+        self.position = self.len;
+        Ok(())
+    }
+
+    /// Bytes of key/value storage allocated so far (every layer written, at full capacity).
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|storage| match storage {
+                Storage::Host(host) => host.bytes(),
+                Storage::Device(keys, values) => {
+                    let elements: usize = keys.dims().iter().product::<usize>()
+                        + values.dims().iter().product::<usize>();
+                    elements * keys.dtype().size()
+                }
+            })
+            .sum()
+    }
+
+    /// Number of layers this cache has room for.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
     /// Marks `n` appended positions as cached.
     pub fn advance(&mut self, n: usize) {
         self.len += n;

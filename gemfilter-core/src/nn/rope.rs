@@ -92,7 +92,7 @@ impl RotaryEmbedding {
     }
 
     /// Whether a pass whose largest position is `max_position` uses longrope's long factors.
-    fn uses_long_factors(&self, max_position: usize) -> bool {
+    pub(crate) fn uses_long_factors(&self, max_position: usize) -> bool {
         match &self.config.scaling {
             RopeScaling::LongRope {
                 original_max_position_embeddings,
