@@ -46,7 +46,7 @@ async fn main() -> Result<()> {
         if !response.status().is_success() {
             bail!("{}: {}", response.status(), response.text().await?);
         }
-        println!("Q: {question}\nA: ");
+        print!("Q: {question}\nA: ");
         let (mut buffer, mut first_token, mut usage) = (String::new(), None, Value::Null);
         while let Some(bytes) = response.chunk().await? {
             buffer.push_str(&String::from_utf8_lossy(&bytes));
