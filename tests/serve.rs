@@ -641,10 +641,13 @@ async fn full_queue_answers_503_and_a_client_that_leaves_cancels() {
         by_status.get(&503).copied().unwrap_or(0) >= 1,
         "{by_status:?}"
     );
+    // At least the first request is answered; how many more get the freed queue slot depends
+    // on timing.
     assert!(
-        by_status.get(&200).copied().unwrap_or(0) >= 2,
+        by_status.get(&200).copied().unwrap_or(0) >= 1,
         "{by_status:?}"
     );
+    assert_eq!(by_status.values().sum::<usize>(), 8, "{by_status:?}");
     let stats = server.engine.stats();
     assert_eq!(stats.rejected as usize, by_status[&503]);
     assert_eq!(stats.completed as usize, by_status[&200]);
