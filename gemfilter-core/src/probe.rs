@@ -156,17 +156,7 @@ impl Decoder {
                 "no layer to probe: the selector asked for none".into(),
             ));
         };
-        if stop_layer >= self.config().num_layers {
-            return Err(CoreError::FilterLayerOutOfRange {
-                layer: stop_layer,
-                num_layers: self.config().num_layers,
-            });
-        }
-        if query_window == 0 {
-            return Err(CoreError::InvalidParameter(
-                "the probe's query window must hold at least one position".into(),
-            ));
-        }
+        self.check_probe(stop_layer, query_window)?;
         self.check_ids(ids, 0)?;
         let query_window = query_window.min(ids.len());
         let (start, reused) = match prefix_cache.selection_prefix(
@@ -220,17 +210,7 @@ impl Decoder {
         observer: &mut dyn LayerObserver,
         options: &RunOptions,
     ) -> Result<()> {
-        if stop_layer >= self.config().num_layers {
-            return Err(CoreError::FilterLayerOutOfRange {
-                layer: stop_layer,
-                num_layers: self.config().num_layers,
-            });
-        }
-        if query_window == 0 {
-            return Err(CoreError::InvalidParameter(
-                "the probe's query window must hold at least one position".into(),
-            ));
-        }
+        self.check_probe(stop_layer, query_window)?;
         let chunk = options
             .selection_chunk
             .unwrap_or(usize::MAX)
@@ -244,6 +224,22 @@ impl Decoder {
             query_window,
         };
         self.forward(ids, stop_layer + 1, &mut NoCache, &mut hook, options)?;
+        Ok(())
+    }
+
+    /// Fails unless a pass can stop at `stop_layer` and probe `query_window` ≥ 1 positions.
+    fn check_probe(&self, stop_layer: usize, query_window: usize) -> Result<()> {
+        if stop_layer >= self.config().num_layers {
+            return Err(CoreError::FilterLayerOutOfRange {
+                layer: stop_layer,
+                num_layers: self.config().num_layers,
+            });
+        }
+        if query_window == 0 {
+            return Err(CoreError::InvalidParameter(
+                "the probe's query window must hold at least one position".into(),
+            ));
+        }
         Ok(())
     }
 
