@@ -4,9 +4,9 @@
 
 use gemfilter_core::{
     CoreError, GenerationConfig, H2o, HeadSharing, KvCompressor, Method, RunOptions, SnapKv,
-    generate,
+    TokenControl, generate, generate_shared_prefill,
 };
-use gemfilter_models::Model;
+use gemfilter_models::{KvMethod, Mode, Model, Request};
 use gemfilter_tests::{
     Device, fixture_dir, host_values, max_abs_diff, on_every_backend, reference,
 };
@@ -210,7 +210,101 @@ fn bad_compression_parameters_are_errors(device: &Device) {
     assert_eq!(whole.tokens, reference.greedy_full);
 }
 
+/// One prefill serving full attention, SnapKV and H2O (at several budgets and head sharings)
+/// gives each the answer, kept positions and first-token logits of its own run.
+fn one_prefill_serves_every_method(device: &Device) {
+    let model = Model::load(fixture_dir("llama-gqa"), device).expect("fixture loads");
+    let decoder = model.decoder();
+    let reference = reference("llama-gqa");
+    let ids = &reference.prompt_ids;
+    let config = GenerationConfig::greedy(reference.greedy_full.len(), Vec::new());
+    let per_kv = SnapKv {
+        heads: HeadSharing::PerKvHead,
+        ..SnapKv::new(44)
+    };
+    let (snap, h2o, whole) = (SnapKv::new(40), H2o::new(48), SnapKv::new(ids.len()));
+    let compressors: Vec<&dyn KvCompressor> = vec![&snap, &h2o, &per_kv, &whole];
+    let mut seen = vec![0usize; compressors.len() + 1];
+    let shared = generate_shared_prefill(decoder, ids, true, &compressors, &config, &mut |b, _| {
+        seen[b] += 1;
+        TokenControl::Continue
+    })
+    .unwrap();
+    assert_eq!(shared.len(), compressors.len() + 1);
+    assert_eq!(shared[0].tokens, reference.greedy_full, "full attention");
+    assert!(shared[0].compression.is_none());
+    for (i, compressor) in compressors.iter().enumerate() {
+        let alone = generate(decoder, ids, Method::KvCompressed(*compressor), &config).unwrap();
+        let together = &shared[i + 1];
+        assert_eq!(together.tokens, alone.tokens, "{}", compressor.name());
+        assert_eq!(
+            together.compression,
+            alone.compression,
+            "{}: kept positions",
+            compressor.name()
+        );
+        assert_eq!(seen[i + 1], together.tokens.len());
+    }
+    println!(
+        "shared prefill {:?}; tokens per branch {seen:?}",
+        shared[0].timings.prefill
+    );
+
+    // The model-level call: answers in the order asked, as lone runs give them.
+    let request = Request {
+        max_new_tokens: 4,
+        ..Request::full()
+    };
+    let modes = [
+        Mode::KvCompressed {
+            method: KvMethod::H2o,
+            budget: 48,
+            heads: HeadSharing::PerQueryHead,
+        },
+        Mode::Full,
+        Mode::KvCompressed {
+            method: KvMethod::SnapKv,
+            budget: 40,
+            heads: HeadSharing::PerQueryHead,
+        },
+    ];
+    let answers = model.generate_shared(ids, &modes, &request).unwrap();
+    for (mode, answer) in modes.iter().zip(&answers) {
+        let alone = model
+            .generate_ids(
+                ids,
+                &Request {
+                    mode: *mode,
+                    ..request.clone()
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            answer.generation.tokens, alone.generation.tokens,
+            "{mode:?}"
+        );
+        assert_eq!(answer.text, alone.text, "{mode:?}");
+        assert_eq!(answer.top_k, alone.top_k, "{mode:?}");
+    }
+    let error = model
+        .generate_shared(ids, &[Mode::Full, Mode::Full], &request)
+        .unwrap_err();
+    assert!(error.to_string().contains("twice"), "{error}");
+    let error = model
+        .generate_shared(
+            ids,
+            &[Mode::GemFilter {
+                filter_layer: None,
+                top_k: 8,
+            }],
+            &request,
+        )
+        .unwrap_err();
+    assert!(error.to_string().contains("selection pass"), "{error}");
+}
+
 on_every_backend!(
+    one_prefill_serves_every_method,
     compression_matches_the_reference,
     budget_above_prompt_is_full_attention,
     bad_compression_parameters_are_errors,

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::compress::{CompressionOutcome, KvCompressor};
 use crate::decoder::Decoder;
 use crate::error::{CoreError, Result};
+use crate::kv::KvCache;
 use crate::options::RunOptions;
 use crate::prefix::PrefixCache;
 use crate::selector::{Selection, TokenSelector};
@@ -408,38 +409,17 @@ fn generate_on_worker(
         }
     };
     let mut sampler = Sampler::new(config.sampling);
-    let mut next = sampler.sample(logits)?;
+    let next = sampler.sample(logits)?;
     timings.prefill = started.elapsed();
-
-    let started = Instant::now();
-    let mut tokens = Vec::new();
-    let finish_reason = loop {
-        if tokens.len() >= config.max_new_tokens {
-            break FinishReason::MaxNewTokens;
-        }
-        if config.eos_token_ids.contains(&next) {
-            break FinishReason::Eos;
-        }
-        tokens.push(next);
-        timings.decode = started.elapsed();
-        let event = TokenEvent {
-            token: next,
-            generated: tokens.len(),
-            timings,
-        };
-        if on_token(&event) == TokenControl::Stop {
-            break FinishReason::Stopped;
-        }
-        if tokens.len() >= config.max_new_tokens {
-            break FinishReason::MaxNewTokens;
-        }
-        if cache.len() >= cache.capacity() || cache.position() >= max_positions {
-            break FinishReason::ContextFull;
-        }
-        let logits = decoder.decode_step(next, &mut cache, &config.run)?;
-        next = sampler.sample(logits)?;
-    };
-    timings.decode = started.elapsed();
+    let (tokens, finish_reason) = decode_loop(
+        decoder,
+        &mut cache,
+        next,
+        &mut sampler,
+        config,
+        &mut timings,
+        on_token,
+    )?;
     if whole_prompt_cached && let Some(prefixes) = prefix_cache {
         prefixes.insert_full(&reduced, cache);
     }
@@ -455,6 +435,162 @@ fn generate_on_worker(
         finish_reason,
         timings,
     })
+}
+
+/// Decodes from a prefilled `cache` whose first token `next` was sampled, until EOS, the token
+/// budget, the callback or the cache's end; fills `timings.decode`.
+fn decode_loop(
+    decoder: &Decoder,
+    cache: &mut KvCache,
+    mut next: u32,
+    sampler: &mut Sampler,
+    config: &GenerationConfig,
+    timings: &mut PhaseTimings,
+    on_token: &mut (dyn FnMut(&TokenEvent) -> TokenControl + Send),
+) -> Result<(Vec<u32>, FinishReason)> {
+    let max_positions = decoder.config().max_position_embeddings;
+    let started = Instant::now();
+    let mut tokens = Vec::new();
+    let finish_reason = loop {
+        if tokens.len() >= config.max_new_tokens {
+            break FinishReason::MaxNewTokens;
+        }
+        if config.eos_token_ids.contains(&next) {
+            break FinishReason::Eos;
+        }
+        tokens.push(next);
+        timings.decode = started.elapsed();
+        let event = TokenEvent {
+            token: next,
+            generated: tokens.len(),
+            timings: *timings,
+        };
+        if on_token(&event) == TokenControl::Stop {
+            break FinishReason::Stopped;
+        }
+        if tokens.len() >= config.max_new_tokens {
+            break FinishReason::MaxNewTokens;
+        }
+        if cache.len() >= cache.capacity() || cache.position() >= max_positions {
+            break FinishReason::ContextFull;
+        }
+        let logits = decoder.decode_step(next, cache, &config.run)?;
+        next = sampler.sample(logits)?;
+    };
+    timings.decode = started.elapsed();
+    Ok((tokens, finish_reason))
+}
+
+/// Answers `prompt` with full attention (when `full`) and with each of `compressors` (SnapKV,
+/// H2O, at any budgets) from **one** prefill: the prompt's pass is the same standard-attention
+/// computation for all of them, so it runs once and each method keeps its own cache of it
+/// ([`Decoder::prefill_shared`]); each then decodes on its own. Returns the full answer first
+/// (when asked), then one per compressor in order. Each generation reports the shared prefill
+/// as its prefill time. `on_token` sees every branch's tokens, the branch index first.
+pub fn generate_shared_prefill(
+    decoder: &Decoder,
+    prompt: &[u32],
+    full: bool,
+    compressors: &[&dyn KvCompressor],
+    config: &GenerationConfig,
+    on_token: &mut (dyn FnMut(usize, &TokenEvent) -> TokenControl + Send),
+) -> Result<Vec<Generation>> {
+    rayon::scope(|_| {
+        config.validate()?;
+        if prompt.is_empty() {
+            return Err(CoreError::EmptyPrompt);
+        }
+        let max_positions = decoder.config().max_position_embeddings;
+        if prompt.len() > max_positions {
+            return Err(CoreError::PromptTooLong {
+                needed: prompt.len(),
+                max: max_positions,
+            });
+        }
+        for compressor in compressors {
+            compressor.validate()?;
+            if let Some(window) = decoder.config().sliding_window
+                && prompt.len() + config.max_new_tokens > window
+                && prompt.len() > compressor.budget()
+            {
+                return Err(CoreError::InvalidParameter(format!(
+                    "{} keeps non-contiguous positions, which a {window}-token sliding window \
+                     cannot mask; prompt plus new tokens ({}) exceed the window",
+                    compressor.name(),
+                    prompt.len() + config.max_new_tokens
+                )));
+            }
+        }
+        let started = Instant::now();
+        let capacity = (prompt.len() + config.max_new_tokens).min(max_positions);
+        let mut full_cache = full.then(|| decoder.new_cache(capacity));
+        let mut caches: Vec<KvCache> = compressors
+            .iter()
+            .map(|c| decoder.new_cache(prompt.len().min(c.budget()) + config.max_new_tokens))
+            .collect();
+        let branches = compressors
+            .iter()
+            .copied()
+            .zip(caches.iter_mut())
+            .collect::<Vec<_>>();
+        let (logits, outcomes) =
+            decoder.prefill_shared(prompt, full_cache.as_mut(), branches, &config.run)?;
+        let first_logits = logits_to_vec(logits)?;
+        let prefill = started.elapsed();
+
+        let mut runs: Vec<(KvCache, Option<CompressionOutcome>)> = Vec::new();
+        if let Some(cache) = full_cache {
+            runs.push((cache, None));
+        }
+        runs.extend(caches.into_iter().zip(outcomes.into_iter().map(Some)));
+        let mut generations = Vec::with_capacity(runs.len());
+        for (branch, (mut cache, compression)) in runs.into_iter().enumerate() {
+            // Every branch samples its first token from the same logits; a seeded sampler
+            // restarts per branch so that each one draws as a lone run would.
+            let mut sampler = Sampler::new(config.sampling);
+            let first = sampler.sample_values(&first_logits)?;
+            let mut timings = PhaseTimings {
+                prefill,
+                ..PhaseTimings::default()
+            };
+            let (tokens, finish_reason) = decode_loop(
+                decoder,
+                &mut cache,
+                first,
+                &mut sampler,
+                config,
+                &mut timings,
+                &mut |event| on_token(branch, event),
+            )?;
+            generations.push(Generation {
+                tokens,
+                input_tokens: prompt.len(),
+                kept_tokens: prompt.len(),
+                selection: None,
+                selection_skipped: false,
+                compression,
+                reused_tokens: 0,
+                finish_reason,
+                timings,
+            });
+        }
+        Ok(generations)
+    })
+}
+
+/// Logits as host values, refusing NaN (broken weights or compute dtype).
+fn logits_to_vec(logits: burn::tensor::Tensor<1>) -> Result<Vec<f32>> {
+    let logits: Vec<f32> = logits
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 logits");
+    if logits.iter().any(|x| x.is_nan()) {
+        return Err(CoreError::InvalidParameter(
+            "the model produced NaN logits (check the weights and the compute dtype)".into(),
+        ));
+    }
+    Ok(logits)
 }
 
 /// Turns logits into token ids.
@@ -473,23 +609,17 @@ impl Sampler {
     }
 
     fn sample(&mut self, logits: burn::tensor::Tensor<1>) -> Result<u32> {
-        let logits: Vec<f32> = logits
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .expect("f32 logits");
-        if logits.iter().any(|x| x.is_nan()) {
-            return Err(CoreError::InvalidParameter(
-                "the model produced NaN logits (check the weights and the compute dtype)".into(),
-            ));
-        }
+        self.sample_values(&logits_to_vec(logits)?)
+    }
+
+    fn sample_values(&mut self, logits: &[f32]) -> Result<u32> {
         match self.sampling {
-            Sampling::Greedy => Ok(argmax(&logits) as u32),
+            Sampling::Greedy => Ok(argmax(logits) as u32),
             Sampling::TopP {
                 temperature, top_p, ..
             } => {
                 let rng = self.rng.as_mut().expect("seeded for sampling");
-                Ok(sample_top_p(&logits, temperature, top_p, rng.random::<f64>()) as u32)
+                Ok(sample_top_p(logits, temperature, top_p, rng.random::<f64>()) as u32)
             }
         }
     }

@@ -42,14 +42,16 @@ pub mod quant;
 pub mod selector;
 
 pub use compress::{
-    CompressingStore, CompressionOutcome, H2o, HeadSharing, KvCompressor, Pooling, SnapKv,
+    CompressingStore, CompressionOutcome, H2o, HeadSharing, KvCompressor, Pooling,
+    SharedPrefillStore, SnapKv,
 };
 pub use config::{Activation, DecoderConfig, RopeConfig, RopeScaling};
 pub use decoder::{Decoder, DecoderWeights, Pass};
 pub use error::{CoreError, Result};
 pub use generate::{
     FinishReason, Generation, GenerationConfig, Method, PhaseTimings, Sampling, TokenControl,
-    TokenEvent, generate, generate_streaming, select_tokens, select_tokens_reusing,
+    TokenEvent, generate, generate_shared_prefill, generate_streaming, select_tokens,
+    select_tokens_reusing,
 };
 pub use hook::{Flow, LayerHook, LayerView, NoHook};
 pub use kv::{KvCache, KvStore, NoCache};

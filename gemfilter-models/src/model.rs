@@ -7,7 +7,7 @@ use burn::tensor::{DType, Device};
 use gemfilter_core::{
     Decoder, FinishReason, GemFilterSelector, Generation, GenerationConfig, H2o, HeadSharing,
     KvCompressor, Method, PrefixCache, RunOptions, Sampling, SnapKv, TokenControl, TokenEvent,
-    TokenSelector, generate_streaming,
+    TokenSelector, generate_shared_prefill, generate_streaming,
 };
 
 use crate::arch::Architecture;
@@ -678,6 +678,120 @@ impl Model {
             Some(selection_layer),
             Some(top_k),
         )
+    }
+
+    /// Answers one prompt with several methods that prefill the whole prompt (full attention,
+    /// SnapKV and H2O at any budgets, `Mode::Full` / `Mode::KvCompressed`) from **one** prefill:
+    /// the pass is the same for all, each method keeps its own cache of it and decodes on its
+    /// own (see [`gemfilter_core::generate_shared_prefill`]). Answers come back in the order of
+    /// `modes`, each as [`generate_ids`](Self::generate_ids) would give it (`request.mode` is
+    /// ignored); their prefill time is the shared pass. GemFilter modes are refused: their
+    /// passes differ (share selection passes with [`generate_preselected`](Self::generate_preselected)).
+    pub fn generate_shared(
+        &self,
+        prompt_ids: &[u32],
+        modes: &[Mode],
+        request: &Request,
+    ) -> Result<Vec<Answer>> {
+        let invalid = |message: String| {
+            ModelError::Core(gemfilter_core::CoreError::InvalidParameter(message))
+        };
+        if request.stop.iter().any(|s| s.is_empty()) {
+            return Err(invalid("stop sequences must not be empty".into()));
+        }
+        let mut full_at = None;
+        let mut compressors: Vec<Box<dyn KvCompressor>> = Vec::new();
+        let mut order = Vec::with_capacity(modes.len());
+        for mode in modes {
+            match *mode {
+                Mode::Full => {
+                    if full_at.is_some() {
+                        return Err(invalid("full attention is listed twice".into()));
+                    }
+                    full_at = Some(order.len());
+                    order.push(None);
+                }
+                Mode::KvCompressed {
+                    method,
+                    budget,
+                    heads,
+                } => {
+                    order.push(Some(compressors.len()));
+                    compressors.push(method.compressor(budget, heads));
+                }
+                Mode::GemFilter { .. } => {
+                    return Err(invalid(
+                        "a shared prefill serves full attention and KV compression only; GemFilter runs its own selection pass".into(),
+                    ));
+                }
+            }
+        }
+        let config = GenerationConfig {
+            max_new_tokens: request.max_new_tokens,
+            eos_token_ids: if request.ignore_eos {
+                Vec::new()
+            } else {
+                self.info.eos_token_ids.clone()
+            },
+            sampling: request.sampling,
+            run: request.run.clone(),
+        };
+        let has_full = full_at.is_some();
+        let branches = usize::from(has_full) + compressors.len();
+        let mut texts: Vec<StreamingText> = (0..branches)
+            .map(|_| StreamingText::new(&request.stop))
+            .collect();
+        let mut failure = None;
+        let refs: Vec<&dyn KvCompressor> = compressors.iter().map(|c| c.as_ref()).collect();
+        let generations = generate_shared_prefill(
+            &self.decoder,
+            prompt_ids,
+            has_full,
+            &refs,
+            &config,
+            &mut |branch, event| match texts[branch].push(&self.tokenizer, event.token) {
+                Ok(piece) if piece.stopped => TokenControl::Stop,
+                Ok(_) => TokenControl::Continue,
+                Err(error) => {
+                    failure = Some(error);
+                    TokenControl::Stop
+                }
+            },
+        )?;
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        let mut answers: Vec<Option<Answer>> = generations
+            .into_iter()
+            .zip(texts)
+            .map(|(mut generation, mut text)| {
+                let _ = text.finish();
+                if text.stopped() {
+                    generation.finish_reason = FinishReason::Stopped;
+                }
+                Some(Answer {
+                    text: text.into_text(),
+                    prompt_ids: prompt_ids.to_vec(),
+                    filter_layer: None,
+                    top_k: None,
+                    generation,
+                })
+            })
+            .collect();
+        Ok(order
+            .into_iter()
+            .map(|slot| {
+                let branch = match slot {
+                    None => 0,
+                    Some(c) => usize::from(has_full) + c,
+                };
+                let mut answer = answers[branch].take().expect("each branch answered once");
+                if let Some(c) = slot {
+                    answer.top_k = Some(compressors[c].budget());
+                }
+                answer
+            })
+            .collect())
     }
 
     fn answer(

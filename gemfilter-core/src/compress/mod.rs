@@ -14,7 +14,7 @@ mod store;
 
 pub use h2o::H2o;
 pub use snapkv::{Pooling, SnapKv};
-pub use store::CompressingStore;
+pub use store::{CompressingStore, SharedPrefillStore};
 
 use burn::tensor::{Int, Tensor, TensorData};
 
