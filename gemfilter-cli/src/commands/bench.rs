@@ -10,7 +10,7 @@ use std::time::Instant;
 use gemfilter_core::Decoder;
 use gemfilter_core::burn::tensor::{DType, Device, Distribution, Tensor};
 use gemfilter_core::{GemFilterSelector, GenerationConfig, Method, RunOptions, generate};
-use gemfilter_models::needle::{Haystack, Needle, SplitMix64, build_prompt};
+use gemfilter_eval::needle::{Haystack, Needle, SplitMix64, build_prompt};
 use gemfilter_models::{Architecture, Model, WeightFormat, default_filter_layer, synthetic};
 use serde::Serialize;
 
@@ -704,7 +704,7 @@ impl Subject {
                 let chat = model.chat_template().is_some();
                 Ok(build_prompt(
                     model,
-                    &Haystack::default(),
+                    &Haystack::generated(),
                     &Needle::default(),
                     length,
                     0.5,

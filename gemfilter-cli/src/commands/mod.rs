@@ -8,6 +8,7 @@ pub mod generate;
 pub mod inspect;
 pub mod needle;
 pub mod report;
+pub mod ruler;
 pub mod serve;
 
 use std::path::Path;

