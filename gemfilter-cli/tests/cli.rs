@@ -948,6 +948,8 @@ fn ruler(output: &std::path::Path, seed: &str) -> std::process::Output {
         "gemfilter",
         "--selector",
         "window=8,spans=sentence",
+        "--filter-layer",
+        "2,3",
         "--seed",
         seed,
         "--no-chat",
@@ -974,9 +976,9 @@ fn ruler_runs_every_method_and_resumes() {
             .collect()
     };
     let records = lines(&results);
-    // A header, then 2 tasks × 2 samples × 5 variants.
+    // A header, then 2 tasks × 2 samples × 7 variants (full, SnapKV, H2O, 2 selectors × 2 layers).
     assert!(records[0]["run"]["seed"] == 42, "{}", records[0]);
-    assert_eq!(records.len(), 1 + 2 * 2 * 5);
+    assert_eq!(records.len(), 1 + 2 * 2 * 7);
     for record in &records[1..] {
         let score = record["score"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&score), "{record}");
@@ -1002,8 +1004,9 @@ fn ruler_runs_every_method_and_resumes() {
     let md = std::fs::read_to_string(out_dir.path().join("ruler.md")).unwrap();
     for row in [
         "| full |",
-        "| gemfilter@64 |",
-        "| gemfilter[window=8,spans=sentence]@64 |",
+        "| gemfilter@64/L2 |",
+        "| gemfilter[window=8,spans=sentence]@64/L2 |",
+        "| gemfilter@64/L3 |",
         "| snapkv@64 |",
         "| h2o@64 |",
     ] {
@@ -1016,7 +1019,7 @@ fn ruler_runs_every_method_and_resumes() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.path().join("ruler.json")).unwrap())
             .unwrap();
-    assert_eq!(report["rows"].as_array().unwrap().len(), 5);
+    assert_eq!(report["rows"].as_array().unwrap().len(), 7);
     assert!(
         std::fs::read_to_string(out_dir.path().join("ruler.svg"))
             .unwrap()
@@ -1027,7 +1030,7 @@ fn ruler_runs_every_method_and_resumes() {
     let out = ruler(out_dir.path(), "42");
     assert!(out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("20 results (0 new"),
+        String::from_utf8_lossy(&out.stdout).contains("28 results (0 new"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
@@ -1044,7 +1047,7 @@ fn ruler_runs_every_method_and_resumes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("20 results (1 new"),
+        String::from_utf8_lossy(&out.stdout).contains("28 results (1 new"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

@@ -46,9 +46,10 @@ pub struct RulerArgs {
     /// layer and head.
     #[arg(long, value_delimiter = ',', default_values_t = [256usize, 1024])]
     pub budgets: Vec<usize>,
-    /// 0-based filter layer (default: calibrated, known or fallback; see `inspect`).
-    #[arg(long)]
-    pub filter_layer: Option<usize>,
+    /// 0-based filter layers, comma-separated: every selector runs at each (default: the
+    /// model's calibrated, known or fallback layer; see `inspect`).
+    #[arg(long, value_delimiter = ',')]
+    pub filter_layer: Vec<usize>,
     /// Heads sharing kept positions in SnapKV and H2O.
     #[arg(long, value_enum, default_value_t = KvHeads::Query)]
     pub kv_heads: KvHeads,
@@ -111,7 +112,11 @@ pub fn run(mut args: RulerArgs) -> Result<()> {
     let sources = Sources::load(&data, &tasks)?;
     let compute = args.compute.resolve()?;
     let model = load_model_or_demo(args.model.as_deref(), &compute)?;
-    let filter_layer = args.filter_layer.unwrap_or(model.info().filter_layer.layer);
+    let filter_layers = if args.filter_layer.is_empty() {
+        vec![model.info().filter_layer.layer]
+    } else {
+        args.filter_layer.clone()
+    };
     let chat = !args.no_chat && model.chat_template().is_some();
     let config = SuiteConfig {
         tasks: tasks.clone(),
@@ -121,7 +126,7 @@ pub fn run(mut args: RulerArgs) -> Result<()> {
         methods,
         selectors,
         budgets: args.budgets.clone(),
-        filter_layer,
+        filter_layers: filter_layers.clone(),
         kv_heads: args.kv_heads.sharing(),
         chat,
         run: progress::run_options(),
@@ -130,7 +135,6 @@ pub fn run(mut args: RulerArgs) -> Result<()> {
     let identity = RunIdentity {
         model: model.info().path.display().to_string(),
         seed: args.seed,
-        filter_layer,
         chat,
         kv_heads: args.kv_heads.sharing().label().to_string(),
     };
@@ -187,7 +191,7 @@ pub fn run(mut args: RulerArgs) -> Result<()> {
     bar.finish_and_clear();
     let rows = summarise(results.records(), &variants, &tasks, &args.lengths);
     let title = format!(
-        "RULER — {} (filter layer {filter_layer}, {} samples per task)",
+        "RULER — {} (filter layers {filter_layers:?}, {} samples per task)",
         model
             .info()
             .path
@@ -199,7 +203,7 @@ pub fn run(mut args: RulerArgs) -> Result<()> {
     let settings = serde_json::json!({
         "model": identity.model,
         "seed": args.seed,
-        "filter_layer": filter_layer,
+        "filter_layers": filter_layers,
         "chat": chat,
         "kv_heads": identity.kv_heads,
         "lengths": args.lengths,

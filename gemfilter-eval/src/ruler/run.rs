@@ -71,10 +71,13 @@ pub struct Variant {
     /// Kept tokens (GemFilter) or cache entries per layer and head (SnapKV, H2O); none for full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<usize>,
+    /// GemFilter's filter layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
 }
 
 impl Variant {
-    /// `full`, `gemfilter@256`, `gemfilter[window=32,…]@1024`, `snapkv@256`.
+    /// `full`, `gemfilter@256/L14`, `gemfilter[window=32,…]@1024/L21`, `snapkv@256`.
     pub fn label(&self) -> String {
         let mut label = self.method.name().to_string();
         if let Some(selector) = self.selector.as_deref().filter(|s| *s != "gemfilter") {
@@ -82,6 +85,9 @@ impl Variant {
         }
         if let Some(budget) = self.budget {
             label.push_str(&format!("@{budget}"));
+        }
+        if let Some(layer) = self.layer {
+            label.push_str(&format!("/L{layer}"));
         }
         label
     }
@@ -104,8 +110,8 @@ pub struct SuiteConfig {
     pub selectors: Vec<SelectorSpec>,
     /// Budgets (GemFilter's k, SnapKV's and H2O's cache entries).
     pub budgets: Vec<usize>,
-    /// GemFilter's filter layer.
-    pub filter_layer: usize,
+    /// GemFilter's filter layers (each selector runs at each; one selection pass per layer).
+    pub filter_layers: Vec<usize>,
     /// Heads sharing kept positions in SnapKV and H2O.
     pub kv_heads: HeadSharing,
     /// Wrap prompts in the model's chat template.
@@ -124,15 +130,19 @@ impl SuiteConfig {
                     method,
                     selector: None,
                     budget: None,
+                    layer: None,
                 }),
                 MethodKind::Gemfilter => {
-                    for spec in &self.selectors {
-                        for &budget in &self.budgets {
-                            out.push(Variant {
-                                method,
-                                selector: Some(spec.to_string()),
-                                budget: Some(budget),
-                            });
+                    for &layer in &self.filter_layers {
+                        for spec in &self.selectors {
+                            for &budget in &self.budgets {
+                                out.push(Variant {
+                                    method,
+                                    selector: Some(spec.to_string()),
+                                    budget: Some(budget),
+                                    layer: Some(layer),
+                                });
+                            }
                         }
                     }
                 }
@@ -142,6 +152,7 @@ impl SuiteConfig {
                             method,
                             selector: None,
                             budget: Some(budget),
+                            layer: None,
                         });
                     }
                 }
@@ -166,18 +177,22 @@ impl SuiteConfig {
             return invalid("GemFilter needs at least one selector".into());
         }
         let config = model.decoder().config();
-        if self.filter_layer >= config.num_layers {
-            return invalid(format!(
-                "filter layer {} is out of range: the model has {} layers",
-                self.filter_layer, config.num_layers
-            ));
+        if self.methods.contains(&MethodKind::Gemfilter) && self.filter_layers.is_empty() {
+            return invalid("GemFilter needs at least one filter layer".into());
         }
-        for spec in &self.selectors {
-            if let Some(above) = spec.vote.iter().find(|&&l| l > self.filter_layer) {
+        for &layer in &self.filter_layers {
+            if layer >= config.num_layers {
                 return invalid(format!(
-                    "selector {spec} reads layer {above}, above the filter layer {}",
-                    self.filter_layer
+                    "filter layer {layer} is out of range: the model has {} layers",
+                    config.num_layers
                 ));
+            }
+            for spec in &self.selectors {
+                if let Some(above) = spec.vote.iter().find(|&&l| l > layer) {
+                    return invalid(format!(
+                        "selector {spec} reads layer {above}, above the filter layer {layer}"
+                    ));
+                }
             }
         }
         if let Some(&long) = self
@@ -248,8 +263,6 @@ pub struct RunIdentity {
     pub model: String,
     /// Generator seed.
     pub seed: u64,
-    /// Filter layer.
-    pub filter_layer: usize,
     /// Chat template used.
     pub chat: bool,
     /// SnapKV/H2O head sharing.
@@ -582,60 +595,71 @@ fn run_selection_group(
     if group.is_empty() {
         return Ok(Vec::new());
     }
-    let mut specs: Vec<SelectorSpec> = Vec::new();
-    for variant in &group {
-        let spec: SelectorSpec = variant
-            .selector
-            .as_deref()
-            .unwrap_or("gemfilter")
-            .parse()
-            .map_err(EvalError::Model)?;
-        if !specs.contains(&spec) {
-            specs.push(spec);
-        }
-    }
-    let selectors: Vec<Box<dyn TokenSelector>> = specs
-        .iter()
-        .map(|spec| spec.build(model.tokenizer(), &prepared.ids))
-        .collect::<std::result::Result<_, _>>()?;
-    let mut layers = Vec::new();
-    for selector in &selectors {
-        layers.extend(selector.layers(config.filter_layer));
-    }
-    let window = selectors
-        .iter()
-        .map(|s| s.query_window())
-        .max()
-        .unwrap_or(1);
-    let started = Instant::now();
-    let probes = model
-        .decoder()
-        .probe_layers(&prepared.ids, &layers, window, &config.run)?;
-    let pass = started.elapsed();
+    let mut layers: Vec<usize> = group.iter().filter_map(|v| v.layer).collect();
+    layers.sort_unstable();
+    layers.dedup();
     let request = request(config, prepared.sample.max_new_tokens);
     let mut out = Vec::new();
-    for variant in group {
-        let spec_text = variant.selector.as_deref().unwrap_or("gemfilter");
-        let position = specs
+    // One selection pass per filter layer (each variant's time to first token is then its own
+    // method's), shared by every selector and budget at that layer.
+    for layer in layers {
+        let at_layer: Vec<&Variant> = group
             .iter()
-            .position(|s| s.to_string() == spec_text || s.to_string() == spec_text.trim())
-            .unwrap_or(0);
-        let selector = &selectors[position];
-        let wanted = selector.layers(config.filter_layer);
-        let own: Vec<_> = probes
-            .iter()
-            .filter(|p| wanted.contains(&p.layer))
-            .cloned()
+            .copied()
+            .filter(|v| v.layer == Some(layer))
             .collect();
-        let budget = variant.budget.expect("budgeted");
+        let mut specs: Vec<SelectorSpec> = Vec::new();
+        for variant in &at_layer {
+            let spec: SelectorSpec = variant
+                .selector
+                .as_deref()
+                .unwrap_or("gemfilter")
+                .parse()
+                .map_err(EvalError::Model)?;
+            if !specs.contains(&spec) {
+                specs.push(spec);
+            }
+        }
+        let selectors: Vec<Box<dyn TokenSelector>> = specs
+            .iter()
+            .map(|spec| spec.build(model.tokenizer(), &prepared.ids))
+            .collect::<std::result::Result<_, _>>()?;
+        let mut probed = Vec::new();
+        for selector in &selectors {
+            probed.extend(selector.layers(layer));
+        }
+        let window = selectors
+            .iter()
+            .map(|s| s.query_window())
+            .max()
+            .unwrap_or(1);
         let started = Instant::now();
-        let selection = selector.select_layers(&own, budget)?;
-        selection.validate(selector.name(), prepared.ids.len(), budget)?;
-        let select = pass + started.elapsed();
-        let answer =
-            model.generate_preselected(&prepared.ids, &selection, config.filter_layer, &request)?;
-        let recall = prepared.recall(&selection.positions);
-        out.push(record(prepared, task, variant, &answer, recall, select));
+        let probes = model
+            .decoder()
+            .probe_layers(&prepared.ids, &probed, window, &config.run)?;
+        let pass = started.elapsed();
+        for variant in at_layer {
+            let spec_text = variant.selector.as_deref().unwrap_or("gemfilter");
+            let position = specs
+                .iter()
+                .position(|s| s.to_string() == spec_text)
+                .unwrap_or(0);
+            let selector = &selectors[position];
+            let wanted = selector.layers(layer);
+            let own: Vec<_> = probes
+                .iter()
+                .filter(|p| wanted.contains(&p.layer))
+                .cloned()
+                .collect();
+            let budget = variant.budget.expect("budgeted");
+            let started = Instant::now();
+            let selection = selector.select_layers(&own, budget)?;
+            selection.validate(selector.name(), prepared.ids.len(), budget)?;
+            let select = pass + started.elapsed();
+            let answer = model.generate_preselected(&prepared.ids, &selection, layer, &request)?;
+            let recall = prepared.recall(&selection.positions);
+            out.push(record(prepared, task, variant, &answer, recall, select));
+        }
     }
     Ok(out)
 }
