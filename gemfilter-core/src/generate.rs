@@ -310,17 +310,7 @@ fn generate_on_worker(
     mut prefix_cache: Option<&mut PrefixCache>,
     on_token: &mut (dyn FnMut(&TokenEvent) -> TokenControl + Send),
 ) -> Result<Generation> {
-    config.validate()?;
-    if prompt.is_empty() {
-        return Err(CoreError::EmptyPrompt);
-    }
-    let max_positions = decoder.config().max_position_embeddings;
-    if prompt.len() > max_positions {
-        return Err(CoreError::PromptTooLong {
-            needed: prompt.len(),
-            max: max_positions,
-        });
-    }
+    let max_positions = check_request(decoder, prompt, config)?;
     let mut timings = PhaseTimings::default();
 
     let started = Instant::now();
@@ -373,18 +363,7 @@ fn generate_on_worker(
     let started = Instant::now();
     let (mut cache, logits, compression) = match method {
         Method::KvCompressed(compressor) => {
-            compressor.validate()?;
-            if let Some(window) = decoder.config().sliding_window
-                && reduced.len() + config.max_new_tokens > window
-                && reduced.len() > compressor.budget()
-            {
-                return Err(CoreError::InvalidParameter(format!(
-                    "{} keeps non-contiguous positions, which a {window}-token sliding window \
-                     cannot mask; prompt plus new tokens ({}) exceed the window",
-                    compressor.name(),
-                    reduced.len() + config.max_new_tokens
-                )));
-            }
+            check_compressor(decoder, compressor, reduced.len(), config)?;
             let entries = reduced.len().min(compressor.budget());
             let mut cache = decoder.new_cache(entries + config.max_new_tokens);
             let (logits, outcome) =
@@ -435,6 +414,45 @@ fn generate_on_worker(
         finish_reason,
         timings,
     })
+}
+
+/// Checks the settings and the prompt against the model; returns its position limit.
+fn check_request(decoder: &Decoder, prompt: &[u32], config: &GenerationConfig) -> Result<usize> {
+    config.validate()?;
+    if prompt.is_empty() {
+        return Err(CoreError::EmptyPrompt);
+    }
+    let max_positions = decoder.config().max_position_embeddings;
+    if prompt.len() > max_positions {
+        return Err(CoreError::PromptTooLong {
+            needed: prompt.len(),
+            max: max_positions,
+        });
+    }
+    Ok(max_positions)
+}
+
+/// Checks a KV compressor's parameters, and that a sliding window can mask what it keeps of a
+/// `prompt_len`-token prompt and the new tokens.
+fn check_compressor(
+    decoder: &Decoder,
+    compressor: &dyn KvCompressor,
+    prompt_len: usize,
+    config: &GenerationConfig,
+) -> Result<()> {
+    compressor.validate()?;
+    if let Some(window) = decoder.config().sliding_window
+        && prompt_len + config.max_new_tokens > window
+        && prompt_len > compressor.budget()
+    {
+        return Err(CoreError::InvalidParameter(format!(
+            "{} keeps non-contiguous positions, which a {window}-token sliding window \
+             cannot mask; prompt plus new tokens ({}) exceed the window",
+            compressor.name(),
+            prompt_len + config.max_new_tokens
+        )));
+    }
+    Ok(())
 }
 
 /// Decodes from a prefilled `cache` whose first token `next` was sampled, until EOS, the token
@@ -496,30 +514,9 @@ pub fn generate_shared_prefill(
     on_token: &mut (dyn FnMut(usize, &TokenEvent) -> TokenControl + Send),
 ) -> Result<Vec<Generation>> {
     rayon::scope(|_| {
-        config.validate()?;
-        if prompt.is_empty() {
-            return Err(CoreError::EmptyPrompt);
-        }
-        let max_positions = decoder.config().max_position_embeddings;
-        if prompt.len() > max_positions {
-            return Err(CoreError::PromptTooLong {
-                needed: prompt.len(),
-                max: max_positions,
-            });
-        }
+        let max_positions = check_request(decoder, prompt, config)?;
         for compressor in compressors {
-            compressor.validate()?;
-            if let Some(window) = decoder.config().sliding_window
-                && prompt.len() + config.max_new_tokens > window
-                && prompt.len() > compressor.budget()
-            {
-                return Err(CoreError::InvalidParameter(format!(
-                    "{} keeps non-contiguous positions, which a {window}-token sliding window \
-                     cannot mask; prompt plus new tokens ({}) exceed the window",
-                    compressor.name(),
-                    prompt.len() + config.max_new_tokens
-                )));
-            }
+            check_compressor(decoder, *compressor, prompt.len(), config)?;
         }
         let started = Instant::now();
         let capacity = (prompt.len() + config.max_new_tokens).min(max_positions);

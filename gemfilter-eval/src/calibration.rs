@@ -19,15 +19,7 @@ pub struct EvidencePrompt {
 impl EvidencePrompt {
     /// Fraction of the evidence among `kept` (ascending).
     pub fn recall(&self, kept: &[usize]) -> f64 {
-        if self.evidence.is_empty() {
-            return 0.0;
-        }
-        let hits = self
-            .evidence
-            .iter()
-            .filter(|p| kept.binary_search(p).is_ok())
-            .count();
-        hits as f64 / self.evidence.len() as f64
+        crate::needle::recall(&self.evidence, kept)
     }
 
     /// The prompt of `text` (tokenised as the model reads it) with the tokens overlapping each

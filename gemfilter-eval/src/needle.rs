@@ -70,16 +70,20 @@ pub struct NeedlePrompt {
 impl NeedlePrompt {
     /// Fraction of the needle's tokens among `kept` (sorted ascending).
     pub fn recall(&self, kept: &[usize]) -> f64 {
-        if self.needle_positions.is_empty() {
-            return 0.0;
-        }
-        let hits = self
-            .needle_positions
-            .iter()
-            .filter(|p| kept.binary_search(p).is_ok())
-            .count();
-        hits as f64 / self.needle_positions.len() as f64
+        recall(&self.needle_positions, kept)
     }
+}
+
+/// Fraction of `wanted` positions found in `kept` (ascending); 0 when nothing is wanted.
+pub fn recall(wanted: &[usize], kept: &[usize]) -> f64 {
+    if wanted.is_empty() {
+        return 0.0;
+    }
+    let hits = wanted
+        .iter()
+        .filter(|p| kept.binary_search(p).is_ok())
+        .count();
+    hits as f64 / wanted.len() as f64
 }
 
 /// Whether `answer` contains `key_phrase`, ignoring case.

@@ -680,6 +680,20 @@ impl Model {
         )
     }
 
+    /// The core's settings for `request`.
+    fn generation_config(&self, request: &Request) -> GenerationConfig {
+        GenerationConfig {
+            max_new_tokens: request.max_new_tokens,
+            eos_token_ids: if request.ignore_eos {
+                Vec::new()
+            } else {
+                self.info.eos_token_ids.clone()
+            },
+            sampling: request.sampling,
+            run: request.run.clone(),
+        }
+    }
+
     /// Answers one prompt with several methods that prefill the whole prompt (full attention,
     /// SnapKV and H2O at any budgets, `Mode::Full` / `Mode::KvCompressed`) from **one** prefill:
     /// the pass is the same for all, each method keeps its own cache of it and decodes on its
@@ -726,16 +740,7 @@ impl Model {
                 }
             }
         }
-        let config = GenerationConfig {
-            max_new_tokens: request.max_new_tokens,
-            eos_token_ids: if request.ignore_eos {
-                Vec::new()
-            } else {
-                self.info.eos_token_ids.clone()
-            },
-            sampling: request.sampling,
-            run: request.run.clone(),
-        };
+        let config = self.generation_config(request);
         let has_full = full_at.is_some();
         let branches = usize::from(has_full) + compressors.len();
         let mut texts: Vec<StreamingText> = (0..branches)
@@ -807,16 +812,7 @@ impl Model {
             prefix_cache,
             on_delta,
         } = run;
-        let config = GenerationConfig {
-            max_new_tokens: request.max_new_tokens,
-            eos_token_ids: if request.ignore_eos {
-                Vec::new()
-            } else {
-                self.info.eos_token_ids.clone()
-            },
-            sampling: request.sampling,
-            run: request.run.clone(),
-        };
+        let config = self.generation_config(request);
         let mut text = StreamingText::new(&request.stop);
         let mut failure = None;
         let mut on_token = |event: &TokenEvent| {

@@ -90,6 +90,21 @@ impl<'a> CompressingStore<'a> {
     }
 }
 
+/// Standard attention of a whole prompt, with the per-key column sums of the softmax when
+/// `column_sums` (H2O's score; it forces the blocked path).
+fn attend_whole(
+    kernel: &AttentionKernel,
+    qkv: Qkv,
+    column_sums: bool,
+) -> (Tensor<4>, Option<Tensor<3>>) {
+    if column_sums {
+        let (context, sums) = kernel.attend_with_column_sums(qkv, 0, 0);
+        (context, Some(sums))
+    } else {
+        (kernel.attend(qkv, 0, 0), None)
+    }
+}
+
 /// A [`KvStore`] serving several methods from one prompt pass: every layer attends over the
 /// whole prompt once (standard attention), the full keys and values go to an optional plain
 /// cache, and each [`CompressingStore`] keeps its own entries. Full attention, SnapKV and H2O
@@ -140,12 +155,7 @@ impl KvStore for SharedPrefillStore<'_> {
             .branches
             .iter()
             .any(|branch| branch.compressor.needs_column_sums());
-        let (context, column_sums) = if wants_sums {
-            let (context, sums) = kernel.attend_with_column_sums(qkv, 0, 0);
-            (context, Some(sums))
-        } else {
-            (kernel.attend(qkv, 0, 0), None)
-        };
+        let (context, column_sums) = attend_whole(kernel, qkv, wants_sums);
         for branch in &mut self.branches {
             branch.keep(
                 layer,
@@ -183,12 +193,7 @@ impl KvStore for CompressingStore<'_> {
 
     fn attend(&mut self, layer: usize, qkv: Qkv, kernel: &AttentionKernel) -> Result<Tensor<4>> {
         let (queries, keys, values) = (qkv.queries.clone(), qkv.keys.clone(), qkv.values.clone());
-        let (context, column_sums) = if self.compressor.needs_column_sums() {
-            let (context, sums) = kernel.attend_with_column_sums(qkv, 0, 0);
-            (context, Some(sums))
-        } else {
-            (kernel.attend(qkv, 0, 0), None)
-        };
+        let (context, column_sums) = attend_whole(kernel, qkv, self.compressor.needs_column_sums());
         self.keep(layer, &queries, keys, values, column_sums.as_ref())?;
         Ok(context)
     }
@@ -214,21 +219,25 @@ impl Decoder {
         options: &RunOptions,
     ) -> Result<(Tensor<1>, CompressionOutcome)> {
         let mut store = CompressingStore::new(cache, compressor, ids.len())?;
-        // Entries dropped from a prompt longer than the window leave gaps the window mask
-        // cannot express; a prompt within the budget is cached whole and stays exact.
-        if let Some(window) = self.config().sliding_window
-            && ids.len() > window
-            && ids.len() > compressor.budget()
-        {
-            return Err(CoreError::InvalidParameter(format!(
-                "{} cannot compress a {}-token prompt on a model with a {window}-token sliding window",
-                compressor.name(),
-                ids.len()
-            )));
-        }
+        self.check_window(compressor, ids.len())?;
         let layers = self.config().num_layers;
         let pass = self.forward(ids, layers, &mut store, &mut NoHook, options)?;
         Ok((self.logits(pass.hidden), store.outcome()))
+    }
+
+    /// Entries dropped from a prompt longer than the sliding window leave gaps the window mask
+    /// cannot express; a prompt within the budget is cached whole and stays exact.
+    fn check_window(&self, compressor: &dyn KvCompressor, prompt_len: usize) -> Result<()> {
+        if let Some(window) = self.config().sliding_window
+            && prompt_len > window
+            && prompt_len > compressor.budget()
+        {
+            return Err(CoreError::InvalidParameter(format!(
+                "{} cannot compress a {prompt_len}-token prompt on a model with a {window}-token sliding window",
+                compressor.name()
+            )));
+        }
+        Ok(())
     }
 
     /// One standard-attention pass of the prompt `ids` serving several answers: the whole
@@ -246,16 +255,7 @@ impl Decoder {
     ) -> Result<(Tensor<1>, Vec<CompressionOutcome>)> {
         let mut stores = Vec::with_capacity(branches.len());
         for (compressor, cache) in branches {
-            if let Some(window) = self.config().sliding_window
-                && ids.len() > window
-                && ids.len() > compressor.budget()
-            {
-                return Err(CoreError::InvalidParameter(format!(
-                    "{} cannot compress a {}-token prompt on a model with a {window}-token sliding window",
-                    compressor.name(),
-                    ids.len()
-                )));
-            }
+            self.check_window(compressor, ids.len())?;
             stores.push(CompressingStore::new(cache, compressor, ids.len())?);
         }
         let mut store = SharedPrefillStore::new(full, stores)?;
