@@ -283,6 +283,23 @@ fn task_builders_match_rulers_generators() {
     }
 }
 
+/// A HotpotQA question whose own ten paragraphs exceed the length gives way to question
+/// index + 1000 (RULER's generator would loop forever there).
+#[test]
+fn qa_questions_too_long_for_the_length_give_way() {
+    let Some(data) = data() else { return };
+    let task = Task::named("qa_2").unwrap();
+    let sources = Sources::load(&data, &[task]).unwrap();
+    let fits = build_sample(&task, &sources, &Words, 1200, 42, 0).unwrap();
+    assert_eq!(fits.question, Some(0));
+    // Question 0 with its documents takes about 900 words: at 850 it cannot fit.
+    let moved = build_sample(&task, &sources, &Words, 850, 42, 0).unwrap();
+    let question = moved.question.unwrap();
+    assert!(question >= 1000 && question % 1000 == 0, "{question}");
+    assert!(moved.prompt_tokens + task.tokens_to_generate() <= 850);
+    assert_ne!(moved.references, fits.references);
+}
+
 #[test]
 fn lengths_too_short_for_the_answer_budget_are_refused() {
     let Some(data) = data() else { return };

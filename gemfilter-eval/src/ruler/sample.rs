@@ -59,6 +59,9 @@ pub struct Sample {
     pub prompt_tokens: usize,
     /// Haystack size used (essay words, repeats, documents, …).
     pub size: usize,
+    /// QA: the question asked (its index in the dataset; see [`QA_FALLBACK_STRIDE`]).
+    #[serde(default)]
+    pub question: Option<usize>,
     /// References.
     pub references: Vec<String>,
     /// Answer-carrying pieces of the prompt (for selection recall).
@@ -66,6 +69,11 @@ pub struct Sample {
     /// RULER's answer budget.
     pub max_new_tokens: usize,
 }
+
+/// A QA sample asks question `index` (as RULER's sample `index` does); when that question's own
+/// documents alone exceed the length (HotpotQA's ten paragraphs at 2K tokens, sometimes), it asks
+/// question `index + 1000`, then `index + 2000`, and so on.
+pub const QA_FALLBACK_STRIDE: usize = 1000;
 
 /// The generator seed of a sample: a hash of the run seed, task, length and index, so samples
 /// do not change when other tasks, lengths or counts are added.
@@ -106,22 +114,32 @@ pub fn build_sample(
             ))
         })?;
     let base = sample_seed(seed, task.name, target_tokens, index);
-    let attempt = |size: usize| -> Result<(String, usize, TaskText)> {
+    let attempt = |item: usize, size: usize| -> Result<(String, usize, TaskText)> {
         let mut rng = SplitMix64::new(base);
-        let text = generate(task, sources, size, index, target_tokens, &mut rng)?;
+        let text = generate(task, sources, size, item, target_tokens, &mut rng)?;
         let prompt = format.render(&text)?;
         let tokens = format.count_tokens(&prompt)?;
         Ok((prompt, tokens, text))
     };
     let smallest = 1;
-    let (first, tokens, _) = attempt(smallest)?;
-    if tokens > budget {
-        return Err(EvalError::InvalidParameter(format!(
-            "{}: even the smallest prompt has {tokens} tokens, over the {budget} that {target_tokens} leaves after the answer budget",
-            task.name
-        )));
+    let questions = sources.questions(task);
+    let mut item = index;
+    loop {
+        let (_, tokens, _) = attempt(item, smallest)?;
+        if tokens <= budget {
+            break;
+        }
+        match questions {
+            Some(count) if item + QA_FALLBACK_STRIDE < count => item += QA_FALLBACK_STRIDE,
+            _ => {
+                return Err(EvalError::InvalidParameter(format!(
+                    "{}: even the smallest prompt has {tokens} tokens, over the {budget} that {target_tokens} leaves after the answer budget",
+                    task.name
+                )));
+            }
+        }
     }
-    drop(first);
+    let attempt = |size: usize| attempt(item, size);
     // Grow until over, then bisect between the last fit and the first miss.
     let max = sources.max_size(task).max(smallest);
     let mut low = smallest;
@@ -157,6 +175,7 @@ pub fn build_sample(
         prompt,
         prompt_tokens,
         size: low,
+        question: questions.map(|_| item),
         references: text.references,
         evidence: text.evidence,
         max_new_tokens: task.tokens_to_generate(),

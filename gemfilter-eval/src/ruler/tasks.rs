@@ -375,6 +375,14 @@ impl Sources {
         .ok_or_else(|| EvalError::Data(format!("{source:?} was not loaded")))
     }
 
+    /// Questions of a QA task's dataset; `None` for other tasks.
+    pub fn questions(&self, task: &Task) -> Option<usize> {
+        match task.kind {
+            TaskKind::Qa { dataset } => Some(self.qa(dataset).map_or(0, |d| d.items.len())),
+            _ => None,
+        }
+    }
+
     /// The largest size a task can use (essay words, documents, words).
     pub fn max_size(&self, task: &Task) -> usize {
         match task.kind {
