@@ -1056,6 +1056,45 @@ fn ruler_runs_every_method_and_resumes() {
     // Another seed would mix samples: refused, naming the file.
     let out = ruler(out_dir.path(), "7");
     assert_user_error(&out, "cannot resume");
+
+    // Reports alone from the file, no model: every method found, only the first sample here.
+    std::fs::remove_file(out_dir.path().join("ruler.md")).unwrap();
+    let out = gemfilter(&[
+        "ruler",
+        "--report-only",
+        "--samples",
+        "1",
+        "--output",
+        out_dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("14 results;"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let md = std::fs::read_to_string(out_dir.path().join("ruler.md")).unwrap();
+    let rows: Vec<&str> = md
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| method"))
+        .collect();
+    assert_eq!(rows.len(), 7, "{md}");
+    assert!(rows[0].starts_with("| full |"), "{md}");
+    assert!(
+        rows[6].starts_with("| h2o@64 |") && rows[6].ends_with(" 1 |"),
+        "{md}"
+    );
+    let out = gemfilter(&[
+        "ruler",
+        "--report-only",
+        "--output",
+        out_dir.path().join("nothing-here").to_str().unwrap(),
+    ]);
+    assert_user_error(&out, "does not exist");
 }
 
 #[test]

@@ -8,8 +8,8 @@ use clap::Args;
 
 use gemfilter_eval::data::RulerData;
 use gemfilter_eval::ruler::{
-    MethodKind, ResultsFile, RunIdentity, Sources, SuiteConfig, Task, run_suite, summarise,
-    write_reports,
+    MethodKind, Record, ResultsFile, RunIdentity, Sources, SuiteConfig, Task, run_suite, summarise,
+    variants_in, write_reports,
 };
 use gemfilter_models::SelectorSpec;
 
@@ -67,6 +67,10 @@ pub struct RulerArgs {
     /// Folder for `results.jsonl` (resumable) and the reports.
     #[arg(long, default_value = "ruler-report")]
     pub output: PathBuf,
+    /// Run nothing: rewrite the reports from `--output`'s `results.jsonl`, every method found
+    /// there (restricted to `--tasks` if given and to the first `--samples` samples).
+    #[arg(long)]
+    pub report_only: bool,
     #[command(flatten)]
     pub compute: ComputeArgs,
 }
@@ -86,6 +90,9 @@ pub fn run(mut args: RulerArgs) -> Result<()> {
             .map(|name| Task::named(name.trim()))
             .collect::<std::result::Result<_, _>>()?
     };
+    if args.report_only {
+        return report_only(&args, &tasks);
+    }
     let methods: Vec<MethodKind> = args
         .methods
         .iter()
@@ -189,7 +196,8 @@ pub fn run(mut args: RulerArgs) -> Result<()> {
         },
     )?;
     bar.finish_and_clear();
-    let rows = summarise(results.records(), &variants, &tasks, &args.lengths);
+    let reported = first_samples(results.records(), &tasks, args.samples);
+    let rows = summarise(&reported, &variants, &tasks, &args.lengths);
     let title = format!(
         "RULER — {} (filter layers {filter_layers:?}, {} samples per task)",
         model
@@ -225,6 +233,79 @@ pub fn run(mut args: RulerArgs) -> Result<()> {
         results.records().len(),
         results.records().len() - before,
         started.elapsed().as_secs_f64() / 60.0,
+        written
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+/// The records of `tasks` among the first `samples` samples of each.
+fn first_samples(records: &[Record], tasks: &[Task], samples: usize) -> Vec<Record> {
+    records
+        .iter()
+        .filter(|r| r.index < samples && tasks.iter().any(|t| t.name == r.task))
+        .cloned()
+        .collect()
+}
+
+/// `--report-only`: the reports from an existing results file, no model needed.
+fn report_only(args: &RulerArgs, tasks: &[Task]) -> Result<()> {
+    let path = args.output.join("results.jsonl");
+    if !path.is_file() {
+        bail!(
+            "--report-only: {} does not exist; run the suite with --output {} first",
+            path.display(),
+            args.output.display()
+        );
+    }
+    let (identity, records) = ResultsFile::read(&path)?;
+    let records = first_samples(&records, tasks, args.samples);
+    if records.is_empty() {
+        bail!(
+            "--report-only: {} has no results for these tasks",
+            path.display()
+        );
+    }
+    let variants = variants_in(&records);
+    let mut lengths: Vec<usize> = records.iter().map(|r| r.length).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let mut filter_layers: Vec<usize> = variants.iter().filter_map(|v| v.layer).collect();
+    filter_layers.sort_unstable();
+    filter_layers.dedup();
+    let most_samples = records.iter().map(|r| r.index + 1).max().unwrap_or(0);
+    let rows = summarise(&records, &variants, tasks, &lengths);
+    let model_name = std::path::Path::new(&identity.model)
+        .file_name()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let title = format!(
+        "RULER — {model_name} (filter layers {filter_layers:?}, up to {most_samples} samples per task; n: the fewest per task)"
+    );
+    let settings = serde_json::json!({
+        "model": identity.model,
+        "seed": identity.seed,
+        "filter_layers": filter_layers,
+        "chat": identity.chat,
+        "kv_heads": identity.kv_heads,
+        "lengths": lengths,
+        "samples": most_samples,
+        "tasks": tasks.iter().map(|t| t.name).collect::<Vec<_>>(),
+        "held_out": tasks.iter().filter(|t| t.held_out()).map(|t| t.name).collect::<Vec<_>>(),
+        "variants": variants.iter().map(|v| v.label()).collect::<Vec<_>>(),
+        "from": path.display().to_string(),
+    });
+    let written = write_reports(&args.output, &rows, tasks, &title, settings)?;
+    println!(
+        "{}",
+        gemfilter_eval::ruler::report::markdown(&rows, tasks, &title)
+    );
+    println!(
+        "{} results; reports: {}",
+        records.len(),
         written
             .iter()
             .map(|p| p.display().to_string())

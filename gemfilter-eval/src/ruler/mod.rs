@@ -21,7 +21,7 @@ pub mod run;
 pub mod sample;
 pub mod tasks;
 
-pub use report::{Row, summarise, write_reports};
+pub use report::{Row, summarise, variants_in, write_reports};
 pub use run::{
     MethodKind, Progress, Record, ResultsFile, RunIdentity, SuiteConfig, Variant, run_suite,
 };

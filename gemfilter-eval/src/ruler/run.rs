@@ -276,6 +276,14 @@ enum Line {
     Record(Box<Record>),
 }
 
+/// What a results file holds.
+struct ParsedResults {
+    identity: Option<RunIdentity>,
+    records: Vec<Record>,
+    /// Where a last line cut short by an interruption starts.
+    cut_at: Option<u64>,
+}
+
 /// The append-only results file.
 pub struct ResultsFile {
     path: PathBuf,
@@ -288,50 +296,25 @@ impl ResultsFile {
     /// written with other settings is refused. A last line cut short by an interruption is
     /// dropped (its result runs again).
     pub fn open(path: &Path, identity: &RunIdentity) -> Result<Self> {
-        let mut records = Vec::new();
-        if path.is_file() {
-            let file = std::fs::File::open(path).map_err(io(path))?;
-            let lines: Vec<String> = std::io::BufReader::new(file)
-                .lines()
-                .collect::<std::io::Result<_>>()
-                .map_err(io(path))?;
-            let count = lines.len();
-            let mut valid_bytes = 0usize;
-            for (i, line) in lines.iter().enumerate() {
-                if line.trim().is_empty() {
-                    valid_bytes += line.len() + 1;
-                    continue;
-                }
-                match serde_json::from_str::<Line>(line) {
-                    Ok(Line::Header { run }) => {
-                        if &run != identity {
-                            return Err(EvalError::Resume {
-                                path: path.to_path_buf(),
-                                reason: format!(
-                                    "it was written for {run:?}, this run is {identity:?}; use another --output"
-                                ),
-                            });
-                        }
-                    }
-                    Ok(Line::Record(record)) => records.push(*record),
-                    Err(_) if i + 1 == count => {
-                        // An interrupted write: drop the partial line.
-                        let f = std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(path)
-                            .map_err(io(path))?;
-                        f.set_len(valid_bytes as u64).map_err(io(path))?;
-                        break;
-                    }
-                    Err(e) => {
-                        return Err(EvalError::Resume {
-                            path: path.to_path_buf(),
-                            reason: format!("line {} is not a result ({e})", i + 1),
-                        });
-                    }
-                }
-                valid_bytes += line.len() + 1;
+        let records = if path.is_file() {
+            let contents = Self::parse(path)?;
+            if let Some(run) = contents.identity.filter(|run| run != identity) {
+                return Err(EvalError::Resume {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "it was written for {run:?}, this run is {identity:?}; use another --output"
+                    ),
+                });
             }
+            if let Some(valid_bytes) = contents.cut_at {
+                // An interrupted write: drop the partial line.
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io(path))?;
+                f.set_len(valid_bytes).map_err(io(path))?;
+            }
+            contents.records
         } else {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(io(parent))?;
@@ -341,7 +324,8 @@ impl ResultsFile {
             })
             .expect("serialisable");
             std::fs::write(path, format!("{header}\n")).map_err(io(path))?;
-        }
+            Vec::new()
+        };
         let done = records.iter().map(Record::key).collect();
         Ok(Self {
             path: path.to_path_buf(),
@@ -353,6 +337,53 @@ impl ResultsFile {
     /// Every record so far.
     pub fn records(&self) -> &[Record] {
         &self.records
+    }
+
+    /// Reads a results file without running anything (for reports): the settings it was
+    /// written for and its records. A last line cut short by an interruption is ignored; the
+    /// file is left as it is.
+    pub fn read(path: &Path) -> Result<(RunIdentity, Vec<Record>)> {
+        let contents = Self::parse(path)?;
+        let identity = contents.identity.ok_or_else(|| EvalError::Resume {
+            path: path.to_path_buf(),
+            reason: "it has no header line naming the model and settings".into(),
+        })?;
+        Ok((identity, contents.records))
+    }
+
+    fn parse(path: &Path) -> Result<ParsedResults> {
+        let file = std::fs::File::open(path).map_err(io(path))?;
+        let lines: Vec<String> = std::io::BufReader::new(file)
+            .lines()
+            .collect::<std::io::Result<_>>()
+            .map_err(io(path))?;
+        let count = lines.len();
+        let mut parsed = ParsedResults {
+            identity: None,
+            records: Vec::new(),
+            cut_at: None,
+        };
+        let mut valid_bytes = 0u64;
+        for (i, line) in lines.iter().enumerate() {
+            if !line.trim().is_empty() {
+                match serde_json::from_str::<Line>(line) {
+                    Ok(Line::Header { run }) => parsed.identity = Some(run),
+                    Ok(Line::Record(record)) => parsed.records.push(*record),
+                    Err(_) if i + 1 == count => {
+                        parsed.cut_at = Some(valid_bytes);
+                        break;
+                    }
+                    Err(e) => {
+                        return Err(EvalError::Resume {
+                            path: path.to_path_buf(),
+                            reason: format!("line {} is not a result ({e})", i + 1),
+                        });
+                    }
+                }
+            }
+            valid_bytes += line.len() as u64 + 1;
+        }
+        Ok(parsed)
     }
 
     fn has(&self, task: &str, length: usize, index: usize, variant: &Variant) -> bool {
