@@ -295,7 +295,10 @@ fn qa_questions_too_long_for_the_length_give_way() {
     // Question 0 with its documents takes about 900 words: at 850 it cannot fit.
     let moved = build_sample(&task, &sources, &Words, 850, 42, 0).unwrap();
     let question = moved.question.unwrap();
-    assert!(question >= 1000 && question.is_multiple_of(1000), "{question}");
+    assert!(
+        question >= 1000 && question.is_multiple_of(1000),
+        "{question}"
+    );
     assert!(moved.prompt_tokens + task.tokens_to_generate() <= 850);
     assert_ne!(moved.references, fits.references);
 }

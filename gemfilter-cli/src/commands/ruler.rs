@@ -223,16 +223,31 @@ pub fn run(mut args: RulerArgs) -> Result<()> {
         "data": RulerData::default_dir().display().to_string(),
         "wall_s_this_run": started.elapsed().as_secs_f64(),
     });
-    let written = write_reports(&args.output, &rows, &tasks, &title, settings)?;
-    println!(
-        "{}",
-        gemfilter_eval::ruler::report::markdown(&rows, &tasks, &title)
-    );
-    println!(
-        "{} results ({} new, {:.1} min); reports: {}",
+    let counts = format!(
+        "{} results ({} new, {:.1} min)",
         results.records().len(),
         results.records().len() - before,
         started.elapsed().as_secs_f64() / 60.0,
+    );
+    publish(&args.output, &rows, &tasks, &title, settings, &counts)
+}
+
+/// Writes the reports, prints the markdown table and where the reports went.
+fn publish(
+    output: &std::path::Path,
+    rows: &[gemfilter_eval::ruler::Row],
+    tasks: &[Task],
+    title: &str,
+    settings: serde_json::Value,
+    counts: &str,
+) -> Result<()> {
+    let written = write_reports(output, rows, tasks, title, settings)?;
+    println!(
+        "{}",
+        gemfilter_eval::ruler::report::markdown(rows, tasks, title)
+    );
+    println!(
+        "{counts}; reports: {}",
         written
             .iter()
             .map(|p| p.display().to_string())
@@ -298,19 +313,6 @@ fn report_only(args: &RulerArgs, tasks: &[Task]) -> Result<()> {
         "variants": variants.iter().map(|v| v.label()).collect::<Vec<_>>(),
         "from": path.display().to_string(),
     });
-    let written = write_reports(&args.output, &rows, tasks, &title, settings)?;
-    println!(
-        "{}",
-        gemfilter_eval::ruler::report::markdown(&rows, tasks, &title)
-    );
-    println!(
-        "{} results; reports: {}",
-        records.len(),
-        written
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    Ok(())
+    let counts = format!("{} results", records.len());
+    publish(&args.output, &rows, tasks, &title, settings, &counts)
 }
