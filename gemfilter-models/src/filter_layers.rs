@@ -43,7 +43,10 @@ pub const KNOWN_FILTER_LAYERS: &[KnownFilterLayer] = &[
     },
     // Calibrated here (`gemfilter calibrate`, k = 256): layer 14 is the earliest within 0.05 of the
     // best mean needle recall at 1K/2K tokens (0.665 vs 0.704 at layer 23) and at 2K/4K tokens
-    // (0.596 vs 0.604 at layer 24).
+    // (0.596 vs 0.604 at layer 24). On real text (RULER's needle tasks on essays, the default probe of
+    // `calibrate` since issue 15) the recommendation is layer 21 (paper selector recall 0.914 vs 0.318
+    // at 14). The table keeps 14: the selection pass costs 15 ÷ 30 of a full prefill instead of 22 ÷ 30;
+    // `gemfilter calibrate` writes the model's calibration file, which takes precedence.
     KnownFilterLayer {
         name: "SmolLM2-135M (Instruct)",
         model_type: "llama",
