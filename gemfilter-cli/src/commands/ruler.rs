@@ -56,7 +56,7 @@ pub struct RulerArgs {
     /// Do not wrap prompts in the model's chat template.
     #[arg(long)]
     pub no_chat: bool,
-    /// The quick subset (≈ 20 min on 2 cores with SmolLM2): 2048 tokens, 5 samples per task,
+    /// The quick subset (26 min on 2 cores with SmolLM2): 2048 tokens, 5 samples per task,
     /// budget 256, the paper's selector and the default second one. Explicit flags still apply
     /// to what they name.
     #[arg(long)]
