@@ -23,6 +23,15 @@ fn reference(name: &str) -> serde_json::Value {
 }
 
 /// Asserts exit code 2 and a single `error: …` line containing `needle`.
+/// The command succeeded; its stderr otherwise.
+fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn assert_user_error(output: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
@@ -52,11 +61,7 @@ fn generate_json_matches_reference_selection() {
         "5",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
         stdout.trim().lines().count(),
@@ -99,11 +104,7 @@ fn generate_full_json() {
         "--backend",
         "ndarray",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["method"], "full");
     assert_eq!(json["backend"], "ndarray");
@@ -126,11 +127,7 @@ fn generate_human_output_shows_kept_text() {
         "--max-new-tokens",
         "4",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(
         stdout.contains("method:  gemfilter, filter layer 2, top-k 8:"),
@@ -161,11 +158,7 @@ fn chat_prompt_uses_template() {
         "2",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let kept = json["kept_text"].as_str().unwrap();
     assert!(
@@ -182,11 +175,7 @@ fn inspect_reports_architecture_and_filter_layer() {
         "--model",
         fixture("llama3-rope").to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("architecture:   llama"), "{stdout}");
     assert!(
@@ -370,11 +359,7 @@ fn needle_grid_writes_report_and_heatmap() {
         "--save-prompts",
         prompts.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.path().join("needle.json")).unwrap())
             .unwrap();
@@ -411,11 +396,7 @@ fn needle_grid_writes_report_and_heatmap() {
         "--output",
         again.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let md = std::fs::read_to_string(again.join("needle.md")).unwrap();
     let rows = md
         .lines()
@@ -449,11 +430,7 @@ fn needle_recall_is_one_when_everything_is_kept() {
         "--output",
         out_dir.path().to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.path().join("needle.json")).unwrap())
             .unwrap();
@@ -482,11 +459,7 @@ fn calibrate_writes_a_per_layer_table() {
         "--output",
         path.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let calibration: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let per_layer = calibration["per_layer"].as_array().unwrap();
@@ -524,11 +497,7 @@ fn bench_reports_ratios() {
         "--matmul-peak",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = json["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 4);
@@ -582,11 +551,7 @@ fn demo_runs_on_any_model() {
         "32",
         "--no-chat",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(
         stdout.contains("GemFilter (filter layer 2, keep 32 of"),
@@ -662,11 +627,7 @@ fn needle_compares_selectors_from_one_pass() {
         "--output",
         out_dir.path().to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.path().join("needle.json")).unwrap())
             .unwrap();
@@ -696,11 +657,7 @@ fn needle_compares_selectors_from_one_pass() {
         "report",
         out_dir.path().join("needle.json").to_str().unwrap(),
     ]);
-    assert!(
-        md.status.success(),
-        "{}",
-        String::from_utf8_lossy(&md.stderr)
-    );
+    assert_success(&md);
     let table = std::fs::read_to_string(out_dir.path().join("needle.md")).unwrap();
     assert!(
         table.contains("gemfilter[vote=0+1+2,spans=radius:3]"),
@@ -779,11 +736,7 @@ fn calibrate_compares_selectors() {
         "--output",
         path.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let calibration: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(calibration["selector"], "window=4,spans=sentence");
@@ -816,11 +769,7 @@ fn needle_and_bench_compare_all_four_methods() {
         "--output",
         out_dir.path().to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.path().join("needle.json")).unwrap())
             .unwrap();
@@ -867,11 +816,7 @@ fn needle_and_bench_compare_all_four_methods() {
         "--output",
         bench_dir.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = json["rows"].as_array().unwrap();
     let methods: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
@@ -902,11 +847,7 @@ fn generate_with_a_baseline() {
         "3",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["method"], "snapkv");
     assert_eq!(json["kv_cache_entries"], 48);
@@ -962,11 +903,7 @@ fn ruler(output: &std::path::Path, seed: &str) -> std::process::Output {
 fn ruler_runs_every_method_and_resumes() {
     let out_dir = tempfile::tempdir().unwrap();
     let out = ruler(out_dir.path(), "42");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let results = out_dir.path().join("results.jsonl");
     let lines = |path: &std::path::Path| -> Vec<serde_json::Value> {
         std::fs::read_to_string(path)
@@ -1041,11 +978,7 @@ fn ruler_runs_every_method_and_resumes() {
     let cut = text.trim_end().rfind('\n').unwrap() + 1 + 40;
     std::fs::write(&results, &text[..cut]).unwrap();
     let out = ruler(out_dir.path(), "42");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("28 results (1 new"),
         "{}",
@@ -1067,11 +1000,7 @@ fn ruler_runs_every_method_and_resumes() {
         "--output",
         out_dir.path().to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("14 results;"),
         "{}",
@@ -1121,11 +1050,7 @@ fn calibrate_on_ruler_needles() {
         "--output",
         path.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let calibration: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(calibration["per_layer"].as_array().unwrap().len(), 4);

@@ -51,26 +51,26 @@ pub struct TaskScore {
 /// layer, selector (in order of first appearance) and budget, then SnapKV and H2O by budget.
 pub fn variants_in(records: &[Record]) -> Vec<Variant> {
     let mut found: Vec<Variant> = Vec::new();
+    let mut selectors: Vec<Option<String>> = Vec::new();
     for record in records {
         if !found.contains(&record.variant) {
             found.push(record.variant.clone());
         }
+        if !selectors.contains(&record.variant.selector) {
+            selectors.push(record.variant.selector.clone());
+        }
     }
-    let selector_rank = |v: &Variant| {
-        found
-            .iter()
-            .position(|f| f.selector == v.selector)
-            .unwrap_or(0)
-    };
     let method_rank = |m: MethodKind| match m {
         MethodKind::Full => 0,
         MethodKind::Gemfilter => 1,
         MethodKind::Snapkv => 2,
         MethodKind::H2o => 3,
     };
-    let mut ordered = found.clone();
-    ordered.sort_by_key(|v| (method_rank(v.method), v.layer, selector_rank(v), v.budget));
-    ordered
+    found.sort_by_key(|v| {
+        let selector_rank = selectors.iter().position(|s| *s == v.selector);
+        (method_rank(v.method), v.layer, selector_rank, v.budget)
+    });
+    found
 }
 
 /// Builds the rows from `records`, methods in the order of `variants`.
