@@ -12,6 +12,7 @@ use crate::error::{CoreError, Result};
 use crate::kv::KvCache;
 use crate::options::RunOptions;
 use crate::prefix::PrefixCache;
+use crate::propagate::{EarlyKv, StagedPass};
 use crate::selector::{Selection, TokenSelector};
 
 /// How the next token is chosen from the logits.
@@ -52,6 +53,20 @@ pub enum Method<'a> {
     /// A KV-compression baseline (SnapKV, H2O): full prefill over the whole prompt, then the
     /// cache keeps `budget` entries per layer and head; decoding continues on it.
     KvCompressed(&'a dyn KvCompressor),
+    /// Propagation (FastKV / PromptDistill family, see [`propagate`](crate::propagate)): select
+    /// `top_k` tokens at `filter_layer` as GemFilter does, then run the layers from there on over
+    /// the kept tokens' hidden states at their original positions (no rerun); decoding continues
+    /// at position n with the early layers' keys and values chosen by `early_kv`.
+    Propagate {
+        /// Layer whose probe drives the (final) selection.
+        filter_layer: usize,
+        /// Token budget k.
+        top_k: usize,
+        /// The selection rule (with its stages, if any).
+        selector: &'a dyn TokenSelector,
+        /// Which early-layer keys and values decoding sees.
+        early_kv: EarlyKv,
+    },
 }
 
 impl std::fmt::Debug for Method<'_> {
@@ -76,6 +91,18 @@ impl std::fmt::Debug for Method<'_> {
                 .debug_struct("KvCompressed")
                 .field("method", &compressor.name())
                 .field("budget", &compressor.budget())
+                .finish(),
+            Method::Propagate {
+                filter_layer,
+                top_k,
+                selector,
+                early_kv,
+            } => f
+                .debug_struct("Propagate")
+                .field("filter_layer", filter_layer)
+                .field("top_k", top_k)
+                .field("selector", &selector.name())
+                .field("early_kv", early_kv)
                 .finish(),
         }
     }
@@ -201,6 +228,9 @@ pub struct Generation {
     pub finish_reason: FinishReason,
     /// Per-phase wall time.
     pub timings: PhaseTimings,
+    /// Bytes of key/value storage decoding ran on (every layer, room for the new tokens
+    /// included).
+    pub kv_cache_bytes: usize,
 }
 
 /// Runs the GemFilter selection pass only: one pass up to `filter_layer` (or up to the highest
@@ -218,6 +248,11 @@ pub fn select_tokens(
         return Err(CoreError::ZeroTopK);
     }
     let layers = checked_layers(selector, filter_layer)?;
+    if !selector.stages().is_empty() {
+        let selection = decoder.staged_selection(prompt, filter_layer, top_k, selector, options)?;
+        selection.validate(selector.name(), prompt.len(), top_k)?;
+        return Ok(selection);
+    }
     let probes = decoder.probe_layers(prompt, &layers, selector.query_window(), options)?;
     let selection = selector.select_layers(&probes, top_k)?;
     selection.validate(selector.name(), prompt.len(), top_k)?;
@@ -227,7 +262,7 @@ pub fn select_tokens(
 /// [`select_tokens`] whose pass continues from the longest prefix of `prompt` that
 /// `prefix_cache` holds (see [`PrefixCache`]) and leaves its own state there. Returns the
 /// selection and the number of positions reused; the selection is the one [`select_tokens`]
-/// makes.
+/// makes. A selector with [stages](TokenSelector::stages) runs its own pass and reuses nothing.
 pub fn select_tokens_reusing(
     decoder: &Decoder,
     prompt: &[u32],
@@ -241,6 +276,10 @@ pub fn select_tokens_reusing(
         return Err(CoreError::ZeroTopK);
     }
     let layers = checked_layers(selector, filter_layer)?;
+    if !selector.stages().is_empty() {
+        let selection = select_tokens(decoder, prompt, filter_layer, top_k, selector, options)?;
+        return Ok((selection, 0));
+    }
     let (probes, reused) = decoder.probe_layers_reusing(
         prompt,
         &layers,
@@ -316,6 +355,7 @@ fn generate_on_worker(
     let started = Instant::now();
     let mut selection_skipped = false;
     let mut reused_tokens = 0;
+    let mut staged: Option<StagedPass> = None;
     let (reduced, selection) = match method {
         Method::Full | Method::KvCompressed(_) => (prompt.to_vec(), None),
         Method::GemFilter {
@@ -354,6 +394,29 @@ fn generate_on_worker(
             let kept = selection.positions.iter().map(|&p| prompt[p]).collect();
             (kept, Some(selection.clone()))
         }
+        Method::Propagate {
+            filter_layer,
+            top_k,
+            selector,
+            ..
+        } => {
+            checked_layers(selector, filter_layer)?;
+            let pass = decoder.staged_pass(
+                prompt,
+                filter_layer,
+                top_k,
+                selector,
+                true,
+                true,
+                &config.run,
+            )?;
+            pass.selection
+                .validate(selector.name(), prompt.len(), top_k)?;
+            let selection = pass.selection.clone();
+            let kept = selection.positions.iter().map(|&p| prompt[p]).collect();
+            staged = Some(pass);
+            (kept, Some(selection))
+        }
     };
     timings.select = started.elapsed();
 
@@ -369,6 +432,12 @@ fn generate_on_worker(
             let (logits, outcome) =
                 decoder.prefill_compressed(&reduced, &mut cache, compressor, &config.run)?;
             (cache, logits, Some(outcome))
+        }
+        Method::Propagate { early_kv, .. } => {
+            let pass = staged.take().expect("the propagation's selection pass ran");
+            let room = config.max_new_tokens.min(max_positions - prompt.len());
+            let (logits, cache) = decoder.propagate(pass, early_kv, room, &config.run)?;
+            (cache, logits, None)
         }
         _ => {
             let capacity = (reduced.len() + config.max_new_tokens).min(max_positions);
@@ -390,6 +459,7 @@ fn generate_on_worker(
     let mut sampler = Sampler::new(config.sampling);
     let next = sampler.sample(logits)?;
     timings.prefill = started.elapsed();
+    let kv_cache_bytes = cache.bytes();
     let (tokens, finish_reason) = decode_loop(
         decoder,
         &mut cache,
@@ -413,6 +483,7 @@ fn generate_on_worker(
         reused_tokens,
         finish_reason,
         timings,
+        kv_cache_bytes,
     })
 }
 
@@ -489,7 +560,7 @@ fn decode_loop(
         if tokens.len() >= config.max_new_tokens {
             break FinishReason::MaxNewTokens;
         }
-        if cache.len() >= cache.capacity() || cache.position() >= max_positions {
+        if cache.room() == 0 || cache.position() >= max_positions {
             break FinishReason::ContextFull;
         }
         let logits = decoder.decode_step(next, cache, &config.run)?;
@@ -550,6 +621,7 @@ pub fn generate_shared_prefill(
                 prefill,
                 ..PhaseTimings::default()
             };
+            let kv_cache_bytes = cache.bytes();
             let (tokens, finish_reason) = decode_loop(
                 decoder,
                 &mut cache,
@@ -569,6 +641,7 @@ pub fn generate_shared_prefill(
                 reused_tokens: 0,
                 finish_reason,
                 timings,
+                kv_cache_bytes,
             });
         }
         Ok(generations)

@@ -17,6 +17,10 @@
 //! pass (the early exit) or collect probes; weights sit behind [`nn::Projection`]. Per-call
 //! settings come in [`RunOptions`]; a [`Decoder`] is immutable and shareable across threads.
 //!
+//! Beyond the rerun, [`Method::Propagate`] carries the kept tokens on from the filter layer
+//! (FastKV / PromptDistill), and a selector's [stages](TokenSelector::stages) prune the prompt at
+//! earlier layers so the selection pass itself gets cheaper ([`propagate`]).
+//!
 //! The baselines of the paper's comparison, SnapKV and H2O, compress the KV cache after a full
 //! prefill instead ([`compress`], [`Method::KvCompressed`]); they share the decode loop.
 //!
@@ -38,6 +42,7 @@ pub mod options;
 pub mod prefix;
 pub mod probe;
 pub mod profile;
+pub mod propagate;
 pub mod quant;
 pub mod selector;
 
@@ -62,10 +67,11 @@ pub use options::{
 pub use prefix::{PrefixCache, PrefixCacheStats};
 pub use probe::{LayerObserver, Probe};
 pub use profile::Profile;
+pub use propagate::{EarlyKv, StagedPass};
 pub use quant::{PackedMatrix, QuantFormat};
 pub use selector::{
     GemFilterSelector, HeadNormalization, LayerVoteSelector, QuestionWindowSelector, Selection,
-    SpanRanking, SpanRule, SpanSelector, TokenSelector, VoteRule,
+    SelectionStage, SpanRanking, SpanRule, SpanSelector, StagedSelector, TokenSelector, VoteRule,
 };
 
 /// Re-export of the Burn version this crate is built on, so users name the same types.

@@ -61,9 +61,9 @@ pub trait LayerObserver {
 }
 
 /// Keeps the probes of the listed layers, in the order they come.
-struct Capture<'a> {
-    layers: &'a [usize],
-    probes: Vec<Probe>,
+pub(crate) struct Capture<'a> {
+    pub layers: &'a [usize],
+    pub probes: Vec<Probe>,
 }
 
 impl LayerObserver for Capture<'_> {
@@ -77,10 +77,10 @@ impl LayerObserver for Capture<'_> {
 
 /// The hook of a selection pass: hands `observer` the probes it wants and stops at `stop_layer`
 /// after probing it.
-struct ProbeHook<'a> {
-    observer: &'a mut dyn LayerObserver,
-    stop_layer: usize,
-    query_window: usize,
+pub(crate) struct ProbeHook<'a> {
+    pub observer: &'a mut dyn LayerObserver,
+    pub stop_layer: usize,
+    pub query_window: usize,
 }
 
 impl LayerHook for ProbeHook<'_> {
@@ -228,7 +228,7 @@ impl Decoder {
     }
 
     /// Fails unless a pass can stop at `stop_layer` and probe `query_window` ≥ 1 positions.
-    fn check_probe(&self, stop_layer: usize, query_window: usize) -> Result<()> {
+    pub(crate) fn check_probe(&self, stop_layer: usize, query_window: usize) -> Result<()> {
         if stop_layer >= self.config().num_layers {
             return Err(CoreError::FilterLayerOutOfRange {
                 layer: stop_layer,

@@ -18,13 +18,17 @@ use crate::nn::{AttentionKernel, Qkv};
 /// the cache nor runs tensor operations over it; on GPU devices it is a pair of device tensors. A
 /// cache compressed by a [`KvCompressor`](crate::compress::KvCompressor) holds fewer entries than
 /// positions seen: [`len`](Self::len) counts entries, [`position`](Self::position) the tokens
-/// processed, which is where the next token's rotary position starts.
+/// processed, which is where the next token's rotary position starts. Layers may hold different
+/// numbers of entries (a propagated prompt, see [`from_layers`](Self::from_layers)): each layer's
+/// entries stand for its last positions before [`position`](Self::position).
 #[derive(Debug)]
 pub struct KvCache {
     layers: Vec<Option<Storage>>,
-    len: usize,
+    /// Entries held, per layer.
+    lens: Vec<usize>,
     position: usize,
-    capacity: usize,
+    /// Entries each layer's storage holds at most.
+    capacities: Vec<usize>,
     head_dim: usize,
     dtype: DType,
     device: Device,
@@ -54,23 +58,44 @@ impl KvCache {
     ) -> Self {
         Self {
             layers: (0..num_layers).map(|_| None).collect(),
-            len: 0,
+            lens: vec![0; num_layers],
             position: 0,
-            capacity,
+            capacities: vec![capacity; num_layers],
             head_dim,
             dtype,
             device: device.clone(),
         }
     }
 
-    /// Entries held per layer and head (equal to [`position`](Self::position) unless compressed).
+    /// Entries held per head by the fullest layer (equal to [`position`](Self::position) unless
+    /// compressed or propagated).
     pub fn len(&self) -> usize {
-        self.len
+        self.lens.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Entries held per head by each layer.
+    pub fn layer_lens(&self) -> &[usize] {
+        &self.lens
     }
 
     /// Whether nothing is cached yet.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
+    }
+
+    /// Whether some layer holds fewer entries than positions seen.
+    fn is_compressed(&self) -> bool {
+        self.lens.iter().any(|&len| len != self.position)
+    }
+
+    /// How many more positions every layer can take.
+    pub fn room(&self) -> usize {
+        self.lens
+            .iter()
+            .zip(&self.capacities)
+            .map(|(len, capacity)| capacity - len)
+            .min()
+            .unwrap_or(0)
     }
 
     /// Tokens processed so far: the rotary position of the next token.
@@ -78,28 +103,31 @@ impl KvCache {
         self.position
     }
 
-    /// Entries the cache can hold.
+    /// Entries the largest layer can hold.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.capacities.iter().copied().max().unwrap_or(0)
     }
 
-    /// Fails unless `additional` more entries fit.
+    /// Fails unless `additional` more entries fit in every layer.
     pub fn check_room(&self, additional: usize) -> Result<()> {
-        if self.len + additional > self.capacity {
-            return Err(CoreError::CacheFull {
-                capacity: self.capacity,
-                needed: self.len + additional,
-            });
+        for (&len, &capacity) in self.lens.iter().zip(&self.capacities) {
+            if len + additional > capacity {
+                return Err(CoreError::CacheFull {
+                    capacity,
+                    needed: len + additional,
+                });
+            }
         }
         Ok(())
     }
 
     /// A layer's empty storage for `heads` heads, on the host for CPU devices.
-    fn storage(&self, heads: usize) -> Storage {
+    fn storage(&self, layer: usize, heads: usize) -> Storage {
+        let capacity = self.capacities[layer];
         if runs_on_host(&self.device) {
-            return Storage::Host(HostKeysValues::new(heads, self.head_dim, self.capacity));
+            return Storage::Host(HostKeysValues::new(heads, self.head_dim, capacity));
         }
-        let shape = [1, heads, self.capacity, self.head_dim];
+        let shape = [1, heads, capacity, self.head_dim];
         let zeros = || Tensor::<4>::zeros(shape, &self.device).cast(self.dtype);
         Storage::Device(zeros(), zeros())
     }
@@ -111,15 +139,15 @@ impl KvCache {
     /// repeated to match.
     fn write(&mut self, layer: usize, keys: Tensor<4>, values: Tensor<4>, at: usize) -> Result<()> {
         let [batch, heads, n, dim] = keys.dims();
-        if at + n > self.capacity {
+        if at + n > self.capacities[layer] {
             return Err(CoreError::CacheFull {
-                capacity: self.capacity,
+                capacity: self.capacities[layer],
                 needed: at + n,
             });
         }
         let storage = match self.layers[layer].take() {
             Some(storage) => storage,
-            None => self.storage(heads),
+            None => self.storage(layer, heads),
         };
         let storage = match storage {
             Storage::Host(mut host) => {
@@ -162,26 +190,61 @@ impl KvCache {
     /// Marks the compressed prompt as cached: `entries` entries per layer standing for
     /// `positions` tokens.
     pub fn finish_compression(&mut self, entries: usize, positions: usize) {
-        self.len = entries;
+        self.lens.fill(entries);
         self.position = positions;
+    }
+
+    /// A cache holding, per layer, the given keys and values (`[1, kv_heads, entries, head_dim]`;
+    /// layers may hold different numbers of entries, at most `positions`), standing for the
+    /// last positions before `positions`, with room for `room` more entries in every layer:
+    /// what a propagated prompt decodes from (see [`EarlyKv`](crate::EarlyKv)).
+    pub fn from_layers(
+        layers: Vec<(Tensor<4>, Tensor<4>)>,
+        positions: usize,
+        room: usize,
+        head_dim: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let lens: Vec<usize> = layers.iter().map(|(keys, _)| keys.dims()[2]).collect();
+        if let Some(&len) = lens.iter().find(|&&len| len > positions) {
+            return Err(CoreError::InvalidParameter(format!(
+                "a layer holds {len} entries for {positions} positions"
+            )));
+        }
+        let mut cache = Self {
+            layers: (0..layers.len()).map(|_| None).collect(),
+            capacities: lens.iter().map(|len| len + room).collect(),
+            lens: vec![0; layers.len()],
+            position: 0,
+            head_dim,
+            dtype,
+            device: device.clone(),
+        };
+        for (layer, (keys, values)) in layers.into_iter().enumerate() {
+            cache.write(layer, keys, values, 0)?;
+        }
+        cache.lens = lens;
+        cache.position = positions;
+        Ok(cache)
     }
 
     /// A copy of this cache's first `len` entries (positions `0..len`) with room for `capacity`
     /// entries: a later prompt sharing those positions continues from it. Fails on a compressed
     /// cache (its entries are not a prefix of positions) or when `len` exceeds what is held.
     pub fn copy_prefix(&self, len: usize, capacity: usize) -> Result<KvCache> {
-        if self.len != self.position {
+        if self.is_compressed() {
             return Err(CoreError::InvalidParameter(
                 "a compressed KV cache holds no prompt prefix to reuse".into(),
             ));
         }
-        if len > self.len || len > capacity {
+        if len > self.position || len > capacity {
             return Err(CoreError::InvalidParameter(format!(
                 "cannot copy {len} cached positions: the cache holds {} and the copy has room for {capacity}",
-                self.len
+                self.position
             )));
         }
-        let layers = self
+        let layers: Vec<Option<Storage>> = self
             .layers
             .iter()
             .map(|storage| {
@@ -207,10 +270,10 @@ impl KvCache {
             })
             .collect();
         Ok(KvCache {
+            lens: vec![len; layers.len()],
+            capacities: vec![capacity; layers.len()],
             layers,
-            len,
             position: len,
-            capacity,
             head_dim: self.head_dim,
             dtype: self.dtype,
             device: self.device.clone(),
@@ -220,13 +283,13 @@ impl KvCache {
     /// Forgets every position from `len` on (storage is kept): what a prompt's cache holds once
     /// its generated tokens are dropped. Fails on a compressed cache.
     pub fn truncate(&mut self, len: usize) -> Result<()> {
-        if self.len != self.position {
+        if self.is_compressed() {
             return Err(CoreError::InvalidParameter(
                 "a compressed KV cache cannot be truncated to a prompt prefix".into(),
             ));
         }
-        self.len = self.len.min(len);
-        self.position = self.len;
+        self.position = self.position.min(len);
+        self.lens.fill(self.position);
         Ok(())
     }
 
@@ -253,7 +316,9 @@ impl KvCache {
 
     /// Marks `n` appended positions as cached.
     pub fn advance(&mut self, n: usize) {
-        self.len += n;
+        for len in &mut self.lens {
+            *len += n;
+        }
         self.position += n;
     }
 }
@@ -270,13 +335,14 @@ impl KvStore for KvCache {
     fn attend(&mut self, layer: usize, qkv: Qkv, kernel: &AttentionKernel) -> Result<Tensor<4>> {
         // Cached entries stand for the positions just before this pass (a compressed cache holds
         // fewer entries than positions; every entry stays visible).
-        let key_start = self.position - self.len;
+        let len = self.lens[layer];
+        let key_start = self.position - len;
         let device = qkv.queries.device();
         let new = qkv.keys.dims()[2];
         kernel.time("kv cache write", &device, || {
-            self.write(layer, qkv.keys, qkv.values, self.len)
+            self.write(layer, qkv.keys, qkv.values, len)
         })?;
-        let end = self.len + new;
+        let end = len + new;
         let position = self.position;
         match self.layers[layer].as_ref().expect("written above") {
             Storage::Host(host) => Ok(kernel.time("attention", &device, || {

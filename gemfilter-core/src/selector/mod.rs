@@ -8,10 +8,12 @@
 mod layer_vote;
 mod question_window;
 mod span;
+mod staged;
 
 pub use layer_vote::{LayerVoteSelector, VoteRule};
 pub use question_window::{HeadNormalization, QuestionWindowSelector};
 pub use span::{SpanRanking, SpanRule, SpanSelector};
+pub use staged::{SelectionStage, StagedSelector};
 
 use burn::tensor::{DType, Tensor};
 
@@ -108,6 +110,23 @@ pub trait TokenSelector: Send + Sync {
         true
     }
 
+    /// Pruning stages before the final selection (multi-stage selection, see
+    /// [`StagedSelector`]): at each stage's layer this selector keeps `keep` of the positions
+    /// still in the pass, and only those run on. Empty (the default): one selection at the
+    /// filter layer.
+    fn stages(&self) -> &[SelectionStage] {
+        &[]
+    }
+
+    /// This selector for a pass that holds only the prompt positions `kept` (ascending; the
+    /// probe's position `i` is prompt position `kept[i]`), when it depends on where positions
+    /// sit in the prompt (sentence spans); `None` (the default) when it scores whatever probe
+    /// it is given the same way.
+    fn restricted(&self, kept: &[usize]) -> Option<Box<dyn TokenSelector + '_>> {
+        let _ = kept;
+        None
+    }
+
     /// Scores the probes of [`layers`](Self::layers) (ascending layer order) and keeps up to
     /// `budget` positions. The default reads the last (highest) layer only.
     fn select_layers(&self, probes: &[Probe], budget: usize) -> Result<Selection> {
@@ -121,26 +140,39 @@ pub trait TokenSelector: Send + Sync {
     }
 }
 
-impl<S: TokenSelector + ?Sized> TokenSelector for Box<S> {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-    fn query_window(&self) -> usize {
-        (**self).query_window()
-    }
-    fn layers(&self, filter_layer: usize) -> Vec<usize> {
-        (**self).layers(filter_layer)
-    }
-    fn keeps_every_token_within_budget(&self) -> bool {
-        (**self).keeps_every_token_within_budget()
-    }
-    fn select(&self, probe: &Probe, budget: usize) -> Result<Selection> {
-        (**self).select(probe, budget)
-    }
-    fn select_layers(&self, probes: &[Probe], budget: usize) -> Result<Selection> {
-        (**self).select_layers(probes, budget)
-    }
+/// Forwards every method of [`TokenSelector`] through a pointer type.
+macro_rules! forward_selector {
+    ($($pointer:ty),*) => {$(
+        impl<S: TokenSelector + ?Sized> TokenSelector for $pointer {
+            fn name(&self) -> &str {
+                (**self).name()
+            }
+            fn query_window(&self) -> usize {
+                (**self).query_window()
+            }
+            fn layers(&self, filter_layer: usize) -> Vec<usize> {
+                (**self).layers(filter_layer)
+            }
+            fn keeps_every_token_within_budget(&self) -> bool {
+                (**self).keeps_every_token_within_budget()
+            }
+            fn stages(&self) -> &[SelectionStage] {
+                (**self).stages()
+            }
+            fn restricted(&self, kept: &[usize]) -> Option<Box<dyn TokenSelector + '_>> {
+                (**self).restricted(kept)
+            }
+            fn select(&self, probe: &Probe, budget: usize) -> Result<Selection> {
+                (**self).select(probe, budget)
+            }
+            fn select_layers(&self, probes: &[Probe], budget: usize) -> Result<Selection> {
+                (**self).select_layers(probes, budget)
+            }
+        }
+    )*};
 }
+
+forward_selector!(Box<S>, &S);
 
 /// The selector of the GemFilter paper, reproducing its reference code exactly:
 /// `q_last · Kᵀ` per head (keys repeated for grouped-query attention), no softmax and no

@@ -215,6 +215,30 @@ impl<S: TokenSelector> TokenSelector for SpanSelector<S> {
         self.select_layers(std::slice::from_ref(probe), budget)
     }
 
+    /// Segments follow the kept positions: a kept position starts a segment where its prompt
+    /// segment differs from the previous kept position's. A radius stays a radius of probe
+    /// positions.
+    fn restricted(&self, kept: &[usize]) -> Option<Box<dyn TokenSelector + '_>> {
+        let SpanRule::Segments { starts, max_len } = &self.rule else {
+            return None;
+        };
+        let segment_of = |position: usize| starts.partition_point(|&s| s <= position);
+        let local_starts: Vec<usize> = (0..kept.len())
+            .filter(|&i| i == 0 || segment_of(kept[i]) != segment_of(kept[i - 1]))
+            .collect();
+        let rule = SpanRule::Segments {
+            starts: local_starts,
+            max_len: *max_len,
+        };
+        let inner: &dyn TokenSelector = &self.inner;
+        Some(Box::new(SpanSelector {
+            inner,
+            rule,
+            ranking: self.ranking,
+            name: self.name.clone(),
+        }))
+    }
+
     fn select_layers(&self, probes: &[Probe], budget: usize) -> Result<Selection> {
         if budget == 0 {
             return Err(CoreError::ZeroTopK);
@@ -239,6 +263,9 @@ mod tests {
             "fixed"
         }
         fn select(&self, _probe: &Probe, _budget: usize) -> Result<Selection> {
+            self.select_layers(&[], 0)
+        }
+        fn select_layers(&self, _probes: &[Probe], _budget: usize) -> Result<Selection> {
             Ok(Selection {
                 positions: vec![],
                 scores: self.0.clone(),
@@ -305,6 +332,28 @@ mod tests {
         let by_mean = by_best.with_ranking(SpanRanking::SegmentMean);
         assert_eq!(by_mean.fill(&scores, 4), vec![4, 5, 6, 7]);
         assert_eq!(by_mean.fill(&scores, 6), vec![0, 1, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn restricted_segments_follow_the_kept_positions() {
+        // Prompt segments [0,10) [10,14) [14,30); a pass kept 2, 5, 11, 12, 20, 25: by segment
+        // [2, 5] [11, 12] [20, 25], so the probe's segments start at 0, 2, 4.
+        let scores = vec![0.0, 0.0, 0.0, 9.0, 0.0, 0.0];
+        let selector = SpanSelector::new(
+            Fixed(scores),
+            SpanRule::Segments {
+                starts: vec![0, 10, 14],
+                max_len: 8,
+            },
+        );
+        // Unrestricted, the prompt's segments do not fit a 6-position probe.
+        assert!(selector.select_layers(&[], 2).is_err());
+        let restricted = selector.restricted(&[2, 5, 11, 12, 20, 25]).unwrap();
+        let kept = restricted.select_layers(&[], 2).unwrap();
+        assert_eq!(kept.positions, vec![2, 3]);
+        assert_eq!(restricted.name(), selector.name());
+        let radius = SpanSelector::new(Fixed(vec![0.0; 6]), SpanRule::Radius(2));
+        assert!(radius.restricted(&[1, 2]).is_none());
     }
 
     #[test]
