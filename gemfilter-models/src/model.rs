@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use burn::tensor::{DType, Device};
 use gemfilter_core::{
-    Decoder, FinishReason, GemFilterSelector, Generation, GenerationConfig, H2o, HeadSharing,
-    KvCompressor, Method, PrefixCache, RunOptions, Sampling, SnapKv, TokenControl, TokenEvent,
-    TokenSelector, generate_shared_prefill, generate_streaming,
+    Decoder, EarlyKv, FinishReason, GemFilterSelector, Generation, GenerationConfig, H2o,
+    HeadSharing, KvCompressor, Method, PrefixCache, RunOptions, Sampling, SnapKv, TokenControl,
+    TokenEvent, TokenSelector, generate_shared_prefill, generate_streaming,
 };
 
 use crate::arch::Architecture;
@@ -109,6 +109,17 @@ pub enum Mode {
         filter_layer: Option<usize>,
         /// Token budget k.
         top_k: usize,
+    },
+    /// Propagation (FastKV / PromptDistill family): GemFilter's selection of `top_k` tokens,
+    /// then the layers from the filter layer on run over the kept tokens' hidden states instead
+    /// of a rerun (see [`gemfilter_core::propagate`]).
+    Propagate {
+        /// 0-based filter layer, or the model's default.
+        filter_layer: Option<usize>,
+        /// Token budget k.
+        top_k: usize,
+        /// Which early-layer keys and values decoding sees.
+        early_kv: EarlyKv,
     },
     /// A KV-compression baseline (SnapKV or H2O with their reference settings): full prefill,
     /// then `budget` cache entries per layer and head.
@@ -635,6 +646,23 @@ impl Model {
                     Some(top_k),
                 )
             }
+            Mode::Propagate {
+                filter_layer,
+                top_k,
+                early_kv,
+            } => {
+                let layer = filter_layer.unwrap_or(self.info.filter_layer.layer);
+                (
+                    Method::Propagate {
+                        filter_layer: layer,
+                        top_k,
+                        selector,
+                        early_kv,
+                    },
+                    Some(layer),
+                    Some(top_k),
+                )
+            }
             Mode::KvCompressed {
                 method,
                 budget,
@@ -733,9 +761,9 @@ impl Model {
                     order.push(Some(compressors.len()));
                     compressors.push(method.compressor(budget, heads));
                 }
-                Mode::GemFilter { .. } => {
+                Mode::GemFilter { .. } | Mode::Propagate { .. } => {
                     return Err(invalid(
-                        "a shared prefill serves full attention and KV compression only; GemFilter runs its own selection pass".into(),
+                        "a shared prefill serves full attention and KV compression only; GemFilter and propagation run their own selection pass".into(),
                     ));
                 }
             }

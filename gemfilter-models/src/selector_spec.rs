@@ -12,15 +12,17 @@
 //! | `spans` | `sentence`, `line`, `radius:R` | none | [`SpanSelector`] |
 //! | `maxspan` | longest span from one segment | 48 | |
 //! | `rank` | `token` (best position), `mean` (segment mean) | `token` | how spans compete |
+//! | `stages` | pruning stages `layer:keep` joined by `+`, e.g. `4:2048+10:1024` | none | [`StagedSelector`] |
 //!
-//! Example: `window=32,norm=softmax,spans=sentence`.
+//! Example: `window=32,norm=softmax,spans=sentence`; with a cheaper selection pass that keeps
+//! 2048 positions at layer 4 before the final selection: `window=32,spans=sentence,stages=4:2048`.
 
 use std::fmt;
 use std::str::FromStr;
 
 use gemfilter_core::{
-    GemFilterSelector, HeadNormalization, LayerVoteSelector, QuestionWindowSelector, SpanRanking,
-    SpanRule, SpanSelector, TokenSelector, VoteRule,
+    GemFilterSelector, HeadNormalization, LayerVoteSelector, QuestionWindowSelector,
+    SelectionStage, SpanRanking, SpanRule, SpanSelector, StagedSelector, TokenSelector, VoteRule,
 };
 
 use crate::error::{ModelError, Result};
@@ -57,6 +59,8 @@ pub struct SelectorSpec {
     pub max_span: usize,
     /// Rank segments by their mean score instead of their best position.
     pub rank_by_mean: bool,
+    /// Pruning stages before the final selection (multi-stage selection; empty: one stage).
+    pub stages: Vec<SelectionStage>,
 }
 
 impl Default for SelectorSpec {
@@ -71,6 +75,7 @@ impl Default for SelectorSpec {
             spans: None,
             max_span: 48,
             rank_by_mean: false,
+            stages: Vec::new(),
         }
     }
 }
@@ -81,8 +86,40 @@ impl SelectorSpec {
         *self == Self::default()
     }
 
-    /// The selector for one prompt (`ids`, needed for sentence and line spans).
+    /// The selector for one prompt (`ids`, needed for sentence and line spans), with its
+    /// pruning stages when it has any.
     pub fn build(&self, tokenizer: &TextTokenizer, ids: &[u32]) -> Result<Box<dyn TokenSelector>> {
+        self.build_with(|segmentation| segment_starts(tokenizer, ids, segmentation))
+    }
+
+    /// The selector for prompts without text (random token ids in benchmarks): sentence and
+    /// line spans are refused.
+    pub fn build_without_text(&self) -> Result<Box<dyn TokenSelector>> {
+        self.build_with(|_| {
+            Err(ModelError::SelectorSpec {
+                spec: self.to_string(),
+                problem: "sentence and line spans need the prompt's text".into(),
+            })
+        })
+    }
+
+    /// The selector, with segment starts from `segments` when spans need them.
+    fn build_with(
+        &self,
+        segments: impl FnOnce(Segmentation) -> Result<Vec<usize>>,
+    ) -> Result<Box<dyn TokenSelector>> {
+        let selector = self.build_one_stage(segments)?;
+        if self.stages.is_empty() {
+            return Ok(selector);
+        }
+        Ok(Box::new(StagedSelector::new(selector, self.stages.clone())))
+    }
+
+    /// The selector without its stages.
+    fn build_one_stage(
+        &self,
+        segments: impl FnOnce(Segmentation) -> Result<Vec<usize>>,
+    ) -> Result<Box<dyn TokenSelector>> {
         let base: Box<dyn TokenSelector> =
             if self.window == 1 && self.norm == HeadNormalization::Sum && self.pool == 5 {
                 Box::new(GemFilterSelector::default())
@@ -100,11 +137,11 @@ impl SelectorSpec {
             None => return Ok(voted),
             Some(SpanSpec::Radius(radius)) => SpanRule::Radius(radius),
             Some(SpanSpec::Sentence) => SpanRule::Segments {
-                starts: segment_starts(tokenizer, ids, Segmentation::Sentences)?,
+                starts: segments(Segmentation::Sentences)?,
                 max_len: self.max_span,
             },
             Some(SpanSpec::Line) => SpanRule::Segments {
-                starts: segment_starts(tokenizer, ids, Segmentation::Lines)?,
+                starts: segments(Segmentation::Lines)?,
                 max_len: self.max_span,
             },
         };
@@ -140,7 +177,7 @@ impl FromStr for SelectorSpec {
         for setting in trimmed.split(',') {
             let Some((key, value)) = setting.split_once('=') else {
                 return Err(fail(format!(
-                    "`{setting}` is not key=value (keys: window, norm, pool, vote, rule, spans, maxspan, rank)"
+                    "`{setting}` is not key=value (keys: window, norm, pool, vote, rule, spans, maxspan, rank, stages)"
                 )));
             };
             let (key, value) = (key.trim(), value.trim());
@@ -183,6 +220,20 @@ impl FromStr for SelectorSpec {
                     })
                 }
                 "maxspan" => spec.max_span = number(key, value)?,
+                "stages" => {
+                    spec.stages = value
+                        .split('+')
+                        .map(|stage| {
+                            let (layer, keep) = stage.split_once(':').ok_or_else(|| {
+                                fail(format!("stage `{stage}` is not layer:keep"))
+                            })?;
+                            Ok(SelectionStage {
+                                layer: number(key, layer.trim())?,
+                                keep: number(key, keep.trim())?,
+                            })
+                        })
+                        .collect::<Result<_>>()?
+                }
                 "rank" => {
                     spec.rank_by_mean = match value {
                         "token" => false,
@@ -192,7 +243,7 @@ impl FromStr for SelectorSpec {
                 }
                 _ => {
                     return Err(fail(format!(
-                        "unknown key `{key}` (window, norm, pool, vote, rule, spans, maxspan)"
+                        "unknown key `{key}` (window, norm, pool, vote, rule, spans, maxspan, rank, stages)"
                     )));
                 }
             }
@@ -208,6 +259,12 @@ impl FromStr for SelectorSpec {
         }
         if spec.vote.is_empty() && trimmed.contains("vote=") {
             return Err(fail("vote needs at least one layer".into()));
+        }
+        if spec.stages.iter().any(|s| s.keep == 0) {
+            return Err(fail("a stage must keep at least one position".into()));
+        }
+        if spec.stages.windows(2).any(|w| w[0].layer >= w[1].layer) {
+            return Err(fail("stage layers must increase".into()));
         }
         Ok(spec)
     }
@@ -251,6 +308,14 @@ impl fmt::Display for SelectorSpec {
                 parts.push("rank=mean".into());
             }
         }
+        if !self.stages.is_empty() {
+            let stages: Vec<String> = self
+                .stages
+                .iter()
+                .map(|s| format!("{}:{}", s.layer, s.keep))
+                .collect();
+            parts.push(format!("stages={}", stages.join("+")));
+        }
         write!(f, "{}", parts.join(","))
     }
 }
@@ -268,6 +333,8 @@ mod tests {
             "window=16,spans=sentence,maxspan=64",
             "window=32,norm=softmax,spans=sentence,rank=mean",
             "spans=radius:6",
+            "stages=4:2048",
+            "window=32,norm=max,spans=sentence,stages=4:2048+10:1024",
         ] {
             let spec: SelectorSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
@@ -285,6 +352,9 @@ mod tests {
             ("spans=paragraph", "spans `paragraph`"),
             ("depth=3", "unknown key `depth`"),
             ("window", "not key=value"),
+            ("stages=4", "not layer:keep"),
+            ("stages=4:0", "at least one position"),
+            ("stages=8:1024+4:512", "layers must increase"),
         ] {
             let error = text.parse::<SelectorSpec>().unwrap_err().to_string();
             assert!(error.contains(needle), "{text}: {error}");

@@ -9,9 +9,11 @@ use std::time::Instant;
 
 use gemfilter_core::Decoder;
 use gemfilter_core::burn::tensor::{DType, Device, Distribution, Tensor};
-use gemfilter_core::{GemFilterSelector, GenerationConfig, Method, RunOptions, generate};
+use gemfilter_core::{GenerationConfig, Method, RunOptions, generate};
 use gemfilter_eval::needle::{Haystack, Needle, SplitMix64, build_prompt};
-use gemfilter_models::{Architecture, Model, WeightFormat, default_filter_layer, synthetic};
+use gemfilter_models::{
+    Architecture, Model, SelectorSpec, WeightFormat, default_filter_layer, synthetic,
+};
 use serde::Serialize;
 
 use super::needle::{KvHeads, Method as MethodName};
@@ -33,7 +35,7 @@ pub struct BenchArgs {
     /// Prompt lengths in tokens, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1000usize, 2000, 4000, 8000])]
     pub lengths: Vec<usize>,
-    /// Methods to measure, comma-separated (`full,gemfilter,snapkv,h2o`).
+    /// Methods to measure, comma-separated (`full,gemfilter,snapkv,h2o,propagate,propagate-kept`).
     #[arg(long, value_delimiter = ',', value_enum, default_values_t = [MethodName::Full, MethodName::Gemfilter])]
     pub methods: Vec<MethodName>,
     /// Budgets to measure, comma-separated: GemFilter's kept tokens, and the cache entries per
@@ -43,6 +45,10 @@ pub struct BenchArgs {
     /// Heads sharing kept positions in SnapKV and H2O.
     #[arg(long, value_enum, default_value_t = KvHeads::Query)]
     pub kv_heads: KvHeads,
+    /// Selector of GemFilter and propagation (`gemfilter` or a spec such as
+    /// `window=32,spans=sentence,stages=4:2048`; see `gemfilter needle --help`).
+    #[arg(long, default_value = "gemfilter")]
+    pub selector: String,
     /// 0-based filter layer (default: calibrated, known or fallback).
     #[arg(long)]
     pub filter_layer: Option<usize>,
@@ -171,7 +177,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "--lengths {too_long} exceeds the model's {max_positions} positions (max_position_embeddings)"
         );
     }
-    let selector = GemFilterSelector::default();
+    let spec: SelectorSpec = args.selector.parse()?;
     // No EOS: every run decodes the same number of tokens.
     let config = GenerationConfig {
         run,
@@ -242,6 +248,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 })
             })
             .collect();
+        let selector = match &subject {
+            Subject::Model(model) => spec.build(model.tokenizer(), &prompt)?,
+            Subject::Synthetic { .. } => spec.build_without_text()?,
+        };
+        let selector = selector.as_ref();
         let mut methods: Vec<(String, Method)> = Vec::new();
         if args.methods.contains(&MethodName::Full) && !args.skip_full {
             methods.push(("full".into(), Method::Full));
@@ -253,7 +264,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     Method::GemFilter {
                         filter_layer: layer,
                         top_k,
-                        selector: &selector,
+                        selector,
+                    },
+                ));
+            }
+        }
+        for method in [MethodName::Propagate, MethodName::PropagateKept] {
+            if !args.methods.contains(&method) {
+                continue;
+            }
+            for &top_k in &args.top_k {
+                methods.push((
+                    format!("{}-k{top_k}", method.name()),
+                    Method::Propagate {
+                        filter_layer: layer,
+                        top_k,
+                        selector,
+                        early_kv: method.early_kv().expect("a propagation method"),
                     },
                 ));
             }
@@ -291,17 +318,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             });
             let prefill_gflops =
                 model_config.prefill_flops(out.kept_tokens) / t.prefill.as_secs_f64() / 1e9;
-            let (entries, heads) = match &out.compression {
-                Some(outcome) => (outcome.entries, outcome.heads),
-                None => (out.kept_tokens, model_config.num_kv_heads),
-            };
-            let kv_cache_mib = (2
-                * model_config.num_layers
-                * heads
-                * (entries + out.tokens.len())
-                * model_config.head_dim
-                * compute.dtype.size()) as f64
-                / (1024.0 * 1024.0);
+            // What the cache allocated (f32 on CPU devices, the compute dtype elsewhere),
+            // room for the decoded tokens included.
+            let kv_cache_mib = out.kv_cache_bytes as f64 / (1024.0 * 1024.0);
             let row = Row {
                 tokens: prompt.len(),
                 method: name,

@@ -70,7 +70,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         target_tokens: args.tokens,
         kv_heads: Default::default(),
     };
-    let (gem, gem_answer) = run_cell(&model, &prompt, &needle, settings)?;
+    let (gem, gem_answer) = run_cell(&model, &prompt, &needle, settings, None)?;
     // The kept text around the needle: spans of the selection near the needle's tokens.
     let (first, last) = (
         *prompt.needle_positions.first().unwrap_or(&0),
@@ -104,7 +104,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         method: Method::Full,
         ..settings
     };
-    let (full, _) = run_cell(&model, &prompt, &needle, settings)?;
+    let (full, _) = run_cell(&model, &prompt, &needle, settings, None)?;
     println!("Full attention over all {} tokens:", prompt.ids.len());
     println!("  answer:  {}", full.answer);
     println!(

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use gemfilter_core::Sampling;
+use gemfilter_core::{EarlyKv, Sampling};
 use gemfilter_models::{Answer, KvMethod, Mode, Model, Request, SelectorSpec};
 use serde_json::json;
 
@@ -43,6 +43,11 @@ pub struct GenerateArgs {
     /// cache entries per layer and head (`snapkv` or `h2o`, reference settings).
     #[arg(long, value_enum, conflicts_with_all = ["full", "selector"])]
     pub baseline: Option<Baseline>,
+    /// Propagate instead of rerunning: after the selection, the kept tokens carry on from the
+    /// filter layer with what the early layers computed over the whole prompt; decoding sees
+    /// every early-layer position (`all`) or the kept ones only (`kept`).
+    #[arg(long, value_enum, conflicts_with_all = ["full", "baseline"])]
+    pub propagate: Option<EarlyKvArg>,
     /// Heads sharing kept positions in a baseline.
     #[arg(long, value_enum, default_value_t = KvHeads::Query, requires = "baseline")]
     pub kv_heads: KvHeads,
@@ -81,6 +86,15 @@ pub enum Baseline {
     Snapkv,
     /// H2O (accumulated attention, 32 recent positions).
     H2o,
+}
+
+/// Which early-layer keys and values a propagated prompt decodes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EarlyKvArg {
+    /// Every position the early layers computed.
+    All,
+    /// The kept positions only (the smallest cache).
+    Kept,
 }
 
 impl Baseline {
@@ -129,6 +143,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let mode = match (args.full, args.baseline) {
         (true, _) => Mode::Full,
+        (false, None) if args.propagate.is_some() => Mode::Propagate {
+            filter_layer: args.filter_layer,
+            top_k: args.top_k,
+            early_kv: match args.propagate {
+                Some(EarlyKvArg::Kept) => EarlyKv::Kept,
+                _ => EarlyKv::All,
+            },
+        },
         (false, Some(baseline)) => Mode::KvCompressed {
             method: baseline.kv_method(),
             budget: args.top_k,

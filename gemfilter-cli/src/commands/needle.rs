@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use std::time::Instant;
 
-use gemfilter_core::{CompressionOutcome, HeadSharing, Sampling, TokenSelector};
+use gemfilter_core::{CompressionOutcome, EarlyKv, HeadSharing, Sampling, TokenSelector};
 use gemfilter_eval::needle::{Haystack, Needle, NeedlePrompt, answer_is_correct, build_prompt};
 use gemfilter_models::{Answer, KvMethod, Mode, Model, Request, SelectorSpec};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,11 @@ pub enum Method {
     Snapkv,
     /// H2O: full prefill, cache compressed to the budget by accumulated attention.
     H2o,
+    /// GemFilter's selection, then the kept tokens propagate from the filter layer on (no
+    /// rerun); decoding sees every early-layer position.
+    Propagate,
+    /// As `propagate`, decoding with the kept positions only in the early layers too.
+    PropagateKept,
 }
 
 impl Method {
@@ -38,6 +43,25 @@ impl Method {
             Method::Gemfilter => "gemfilter",
             Method::Snapkv => "snapkv",
             Method::H2o => "h2o",
+            Method::Propagate => "propagate",
+            Method::PropagateKept => "propagate-kept",
+        }
+    }
+
+    /// Whether this method selects tokens with a selector spec (GemFilter, propagation).
+    pub fn selects(self) -> bool {
+        matches!(
+            self,
+            Method::Gemfilter | Method::Propagate | Method::PropagateKept
+        )
+    }
+
+    /// The early-layer KV choice of a propagation method.
+    pub fn early_kv(self) -> Option<EarlyKv> {
+        match self {
+            Method::Propagate => Some(EarlyKv::All),
+            Method::PropagateKept => Some(EarlyKv::Kept),
+            _ => None,
         }
     }
 
@@ -46,7 +70,7 @@ impl Method {
         match self {
             Method::Snapkv => Some(KvMethod::SnapKv),
             Method::H2o => Some(KvMethod::H2o),
-            Method::Full | Method::Gemfilter => None,
+            _ => None,
         }
     }
 }
@@ -84,7 +108,9 @@ impl Variant {
     /// `full`, `gemfilter`, or `gemfilter[<spec>]`.
     pub fn label(&self) -> String {
         match (self.method, self.selector.as_deref()) {
-            (Method::Gemfilter, Some(spec)) if spec != "gemfilter" => format!("gemfilter[{spec}]"),
+            (method, Some(spec)) if method.selects() && spec != "gemfilter" => {
+                format!("{}[{spec}]", method.name())
+            }
             _ => self.method.name().to_string(),
         }
     }
@@ -276,6 +302,9 @@ pub struct Cell {
     pub ttft_ms: f64,
     /// Peak resident memory during the cell (MiB), where the platform reports it.
     pub peak_rss_mib: Option<f64>,
+    /// Key/value storage decoding ran on (MiB).
+    #[serde(default)]
+    pub kv_cache_mib: Option<f64>,
 }
 
 impl Cell {
@@ -315,6 +344,10 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
 /// How one cell runs.
 #[derive(Debug, Clone, Copy)]
 pub struct CellSettings {
@@ -332,12 +365,14 @@ pub struct CellSettings {
     pub kv_heads: HeadSharing,
 }
 
-/// Runs one method on one prompt and scores it; also returns the full answer.
+/// Runs one method on one prompt and scores it (with the selector of `spec` where the method
+/// selects; the paper's when `None`); also returns the full answer.
 pub fn run_cell(
     model: &Model,
     prompt: &NeedlePrompt,
     needle: &Needle,
     settings: CellSettings,
+    spec: Option<&SelectorSpec>,
 ) -> Result<(Cell, Answer)> {
     let CellSettings {
         method,
@@ -353,18 +388,27 @@ pub fn run_cell(
             filter_layer,
             top_k,
         },
+        Method::Propagate | Method::PropagateKept => Mode::Propagate {
+            filter_layer,
+            top_k,
+            early_kv: method.early_kv().expect("a propagation method"),
+        },
         Method::Snapkv | Method::H2o => Mode::KvCompressed {
             method: method.kv_method().expect("a KV-compression method"),
             budget: top_k,
             heads: kv_heads,
         },
     };
+    let built = match spec {
+        Some(spec) => Some(spec.build(model.tokenizer(), &prompt.ids)?),
+        None => None,
+    };
     let request = Request {
         mode,
         max_new_tokens,
         chat: false,
         sampling: Sampling::Greedy,
-        selector: None,
+        selector: built.map(Into::into),
         run: progress::run_options(),
         ignore_eos: false,
         stop: Vec::new(),
@@ -375,7 +419,7 @@ pub fn run_cell(
     let generation = &answer.generation;
     let cell = Cell {
         method,
-        selector: None,
+        selector: spec.filter(|s| !s.is_paper()).map(ToString::to_string),
         target_tokens,
         input_tokens: prompt.ids.len(),
         depth: prompt.depth,
@@ -391,6 +435,7 @@ pub fn run_cell(
         decode_ms: ms(generation.timings.decode),
         ttft_ms: ms(generation.timings.time_to_first_token()),
         peak_rss_mib: peak,
+        kv_cache_mib: Some(mib(generation.kv_cache_bytes)),
     };
     Ok((cell, answer))
 }
@@ -526,6 +571,7 @@ pub fn run_selector_cells(
             decode_ms: ms(t.decode),
             ttft_ms: ms(select + t.prefill),
             peak_rss_mib: peak,
+            kv_cache_mib: Some(mib(answer.generation.kv_cache_bytes)),
         });
     }
     Ok(cells)
@@ -580,7 +626,7 @@ pub fn run(args: NeedleArgs) -> Result<()> {
     let mut variants: Vec<Variant> = Vec::new();
     for &method in &args.methods {
         match method {
-            Method::Gemfilter => variants.extend(specs.iter().map(|spec| Variant {
+            method if method.selects() => variants.extend(specs.iter().map(|spec| Variant {
                 method,
                 selector: (!spec.is_paper()).then(|| spec.to_string()),
             })),
@@ -612,28 +658,44 @@ pub fn run(args: NeedleArgs) -> Result<()> {
                     "{} @ {length} tokens, depth {depth:.2}",
                     method.name()
                 ));
+                let settings = CellSettings {
+                    method,
+                    top_k: args.top_k,
+                    filter_layer: Some(filter_layer),
+                    max_new_tokens: args.max_new_tokens,
+                    target_tokens: length,
+                    kv_heads: args.kv_heads.sharing(),
+                };
                 let new_cells = match method {
                     Method::Full | Method::Snapkv | Method::H2o => {
-                        let settings = CellSettings {
-                            method,
-                            top_k: args.top_k,
-                            filter_layer: Some(filter_layer),
-                            max_new_tokens: args.max_new_tokens,
-                            target_tokens: length,
-                            kv_heads: args.kv_heads.sharing(),
-                        };
-                        vec![run_cell(&model, &prompt, &needle, settings)?.0]
+                        vec![run_cell(&model, &prompt, &needle, settings, None)?.0]
                     }
-                    Method::Gemfilter => run_selector_cells(
-                        &model,
-                        &prompt,
-                        &needle,
-                        &specs,
-                        args.top_k,
-                        filter_layer,
-                        args.max_new_tokens,
-                        length,
-                    )?,
+                    // Propagation runs its own pass per selector; staged GemFilter selectors too.
+                    Method::Propagate | Method::PropagateKept => specs
+                        .iter()
+                        .map(|spec| Ok(run_cell(&model, &prompt, &needle, settings, Some(spec))?.0))
+                        .collect::<Result<Vec<_>>>()?,
+                    Method::Gemfilter => {
+                        let (staged, shared): (Vec<SelectorSpec>, Vec<SelectorSpec>) =
+                            specs.iter().cloned().partition(|s| !s.stages.is_empty());
+                        let mut cells = Vec::new();
+                        if !shared.is_empty() {
+                            cells.extend(run_selector_cells(
+                                &model,
+                                &prompt,
+                                &needle,
+                                &shared,
+                                args.top_k,
+                                filter_layer,
+                                args.max_new_tokens,
+                                length,
+                            )?);
+                        }
+                        for spec in &staged {
+                            cells.push(run_cell(&model, &prompt, &needle, settings, Some(spec))?.0);
+                        }
+                        cells
+                    }
                 };
                 for cell in new_cells {
                     let line = format!(

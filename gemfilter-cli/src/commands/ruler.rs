@@ -35,11 +35,14 @@ pub struct RulerArgs {
     /// Generator seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Methods, comma-separated: full, gemfilter, snapkv, h2o.
+    /// Methods, comma-separated: full, gemfilter, snapkv, h2o, propagate (the kept tokens carry
+    /// on from the filter layer; decoding sees every early-layer position), propagate-kept
+    /// (early layers keep the kept positions only).
     #[arg(long, value_delimiter = ',', default_values_t = ["full".to_string(), "gemfilter".into(), "snapkv".into(), "h2o".into()])]
     pub methods: Vec<String>,
-    /// GemFilter selector spec, repeatable (see `needle --selector`); all share one selection
-    /// pass per sample.
+    /// Selector spec of GemFilter and propagation, repeatable (see `needle --selector`;
+    /// `stages=L:K` adds pruning stages). GemFilter's one-stage selectors share one selection
+    /// pass per sample; propagation and staged selectors run their own.
     #[arg(long = "selector", default_values_t = ["gemfilter".to_string(), "window=32,norm=max,spans=sentence".to_string()])]
     pub selectors: Vec<String>,
     /// Budgets, comma-separated: GemFilter's kept tokens and SnapKV's/H2O's cache entries per

@@ -34,6 +34,8 @@ pub struct Row {
     pub vs_snapkv: Option<f64>,
     /// Mean time to first token, ms.
     pub mean_ttft_ms: f64,
+    /// Mean key/value storage the answers decoded with, MiB (where recorded).
+    pub mean_kv_cache_mib: Option<f64>,
     /// Mean evidence recall where measured.
     pub mean_recall: Option<f64>,
 }
@@ -63,8 +65,10 @@ pub fn variants_in(records: &[Record]) -> Vec<Variant> {
     let method_rank = |m: MethodKind| match m {
         MethodKind::Full => 0,
         MethodKind::Gemfilter => 1,
-        MethodKind::Snapkv => 2,
-        MethodKind::H2o => 3,
+        MethodKind::Propagate => 2,
+        MethodKind::PropagateKept => 3,
+        MethodKind::Snapkv => 4,
+        MethodKind::H2o => 5,
     };
     found.sort_by_key(|v| {
         let selector_rank = selectors.iter().position(|s| *s == v.selector);
@@ -126,6 +130,10 @@ pub fn summarise(
                 vs_full: None,
                 vs_snapkv: None,
                 mean_ttft_ms: mine.iter().map(|r| r.ttft_ms).sum::<f64>() / mine.len() as f64,
+                mean_kv_cache_mib: {
+                    let sizes: Vec<f64> = mine.iter().filter_map(|r| r.kv_cache_mib).collect();
+                    (!sizes.is_empty()).then(|| sizes.iter().sum::<f64>() / sizes.len() as f64)
+                },
                 mean_recall: (!recalls.is_empty())
                     .then(|| recalls.iter().sum::<f64>() / recalls.len() as f64),
             });
@@ -162,7 +170,7 @@ pub fn summarise(
         if row.variant.method != MethodKind::Full {
             row.vs_full = full;
         }
-        if row.variant.method == MethodKind::Gemfilter {
+        if row.variant.method.selects() {
             row.vs_snapkv = snap;
         }
     }
@@ -192,8 +200,8 @@ pub fn markdown(rows: &[Row], tasks: &[Task], title: &str) -> String {
         for t in &held {
             out.push_str(&format!(" {} (held out) |", t.name));
         }
-        out.push_str(" ÷ full | ÷ SnapKV | TTFT ms | n |\n|---|");
-        for _ in 0..tuning.len() + held.len() + 5 {
+        out.push_str(" ÷ full | ÷ SnapKV | TTFT ms | KV MiB | n |\n|---|");
+        for _ in 0..tuning.len() + held.len() + 6 {
             out.push_str("---:|");
         }
         out.push('\n');
@@ -215,10 +223,12 @@ pub fn markdown(rows: &[Row], tasks: &[Task], title: &str) -> String {
             let ratio = |r: Option<f64>| r.map_or("–".into(), |v| format!("{v:.2}×"));
             let n = row.tasks.values().map(|s| s.samples).min().unwrap_or(0);
             out.push_str(&format!(
-                " {} | {} | {:.0} | {n} |\n",
+                " {} | {} | {:.0} | {} | {n} |\n",
                 ratio(row.vs_full),
                 ratio(row.vs_snapkv),
-                row.mean_ttft_ms
+                row.mean_ttft_ms,
+                row.mean_kv_cache_mib
+                    .map_or("–".into(), |m| format!("{m:.1}"))
             ));
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! Per sample, one full-attention prefill serves full attention, SnapKV and H2O at every
 //! budget ([`Model::generate_shared`]), and one selection pass serves every GemFilter selector
-//! at every budget ([`gemfilter_core::Decoder::probe_layers`]). Each result is appended to the
+//! at every budget ([`gemfilter_core::Decoder::probe_layers`]); propagation and selectors with
+//! pruning stages run their own passes. Each result is appended to the
 //! results file as soon as it exists; a run started again on the same file skips what is there.
 
 use std::collections::HashSet;
@@ -10,7 +11,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use gemfilter_core::{HeadSharing, RunOptions, Sampling, TokenSelector};
+use gemfilter_core::{EarlyKv, HeadSharing, RunOptions, Sampling, TokenSelector};
 use gemfilter_models::{Answer, KvMethod, Mode, Model, Request, SelectorSpec};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,10 @@ pub enum MethodKind {
     Snapkv,
     /// H2O at the budget.
     H2o,
+    /// Propagation from the filter layer, decoding with every early-layer position.
+    Propagate,
+    /// Propagation, decoding with the kept positions only in the early layers too.
+    PropagateKept,
 }
 
 impl MethodKind {
@@ -41,19 +46,41 @@ impl MethodKind {
             MethodKind::Gemfilter => "gemfilter",
             MethodKind::Snapkv => "snapkv",
             MethodKind::H2o => "h2o",
+            MethodKind::Propagate => "propagate",
+            MethodKind::PropagateKept => "propagate-kept",
         }
     }
 
-    /// Parses `full`, `gemfilter`, `snapkv` or `h2o`.
+    /// Whether this method selects tokens (GemFilter, propagation): it has a selector and a
+    /// filter layer.
+    pub fn selects(self) -> bool {
+        matches!(
+            self,
+            MethodKind::Gemfilter | MethodKind::Propagate | MethodKind::PropagateKept
+        )
+    }
+
+    /// The early-layer KV choice of a propagation method.
+    pub fn early_kv(self) -> Option<EarlyKv> {
+        match self {
+            MethodKind::Propagate => Some(EarlyKv::All),
+            MethodKind::PropagateKept => Some(EarlyKv::Kept),
+            _ => None,
+        }
+    }
+
+    /// Parses `full`, `gemfilter`, `snapkv`, `h2o`, `propagate` or `propagate-kept`.
     pub fn parse(name: &str) -> Result<Self> {
         Ok(match name {
             "full" => MethodKind::Full,
             "gemfilter" => MethodKind::Gemfilter,
             "snapkv" => MethodKind::Snapkv,
             "h2o" => MethodKind::H2o,
+            "propagate" => MethodKind::Propagate,
+            "propagate-kept" => MethodKind::PropagateKept,
             other => {
                 return Err(EvalError::InvalidParameter(format!(
-                    "unknown method `{other}` (full, gemfilter, snapkv, h2o)"
+                    "unknown method `{other}` (full, gemfilter, snapkv, h2o, propagate, propagate-kept)"
                 )));
             }
         })
@@ -132,7 +159,7 @@ impl SuiteConfig {
                     budget: None,
                     layer: None,
                 }),
-                MethodKind::Gemfilter => {
+                MethodKind::Gemfilter | MethodKind::Propagate | MethodKind::PropagateKept => {
                     for &layer in &self.filter_layers {
                         for spec in &self.selectors {
                             for &budget in &self.budgets {
@@ -173,12 +200,13 @@ impl SuiteConfig {
         if self.budgets.is_empty() || self.budgets.contains(&0) {
             return invalid("budgets must be positive token counts".into());
         }
-        if self.methods.contains(&MethodKind::Gemfilter) && self.selectors.is_empty() {
-            return invalid("GemFilter needs at least one selector".into());
+        let selects = self.methods.iter().any(|m| m.selects());
+        if selects && self.selectors.is_empty() {
+            return invalid("GemFilter and propagation need at least one selector".into());
         }
         let config = model.decoder().config();
-        if self.methods.contains(&MethodKind::Gemfilter) && self.filter_layers.is_empty() {
-            return invalid("GemFilter needs at least one filter layer".into());
+        if selects && self.filter_layers.is_empty() {
+            return invalid("GemFilter and propagation need at least one filter layer".into());
         }
         for &layer in &self.filter_layers {
             if layer >= config.num_layers {
@@ -191,6 +219,22 @@ impl SuiteConfig {
                 if let Some(above) = spec.vote.iter().find(|&&l| l > layer) {
                     return invalid(format!(
                         "selector {spec} reads layer {above}, above the filter layer {layer}"
+                    ));
+                }
+                if let Some(stage) = spec.stages.iter().find(|s| s.layer >= layer) {
+                    return invalid(format!(
+                        "selector {spec} prunes at layer {}, not below the filter layer {layer}",
+                        stage.layer
+                    ));
+                }
+                let smallest = spec.stages.iter().map(|s| s.keep).min();
+                if let Some(budget) = self
+                    .budgets
+                    .iter()
+                    .find(|&&b| smallest.is_some_and(|k| b > k))
+                {
+                    return invalid(format!(
+                        "selector {spec} keeps fewer positions at a stage than the budget {budget}"
                     ));
                 }
             }
@@ -243,6 +287,9 @@ pub struct Record {
     pub decode_ms: f64,
     /// Time to first token, ms.
     pub ttft_ms: f64,
+    /// Key/value storage the answer decoded with, MiB (room for its new tokens included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_mib: Option<f64>,
 }
 
 impl Record {
@@ -482,6 +529,9 @@ pub fn run_suite(
                 for record in run_selection_group(model, &prepared, task, config, &pending)? {
                     emit(record, results)?;
                 }
+                for record in run_own_pass_group(model, &prepared, task, config, &pending)? {
+                    emit(record, results)?;
+                }
             }
         }
     }
@@ -553,6 +603,7 @@ fn record(
         prefill_ms: ms(t.prefill),
         decode_ms: ms(t.decode),
         ttft_ms: ms(select + t.prefill),
+        kv_cache_mib: Some(answer.generation.kv_cache_bytes as f64 / (1024.0 * 1024.0)),
     }
 }
 
@@ -567,7 +618,7 @@ fn run_prefill_group(
     let group: Vec<&Variant> = pending
         .iter()
         .copied()
-        .filter(|v| v.method != MethodKind::Gemfilter)
+        .filter(|v| !v.method.selects())
         .collect();
     if group.is_empty() {
         return Ok(Vec::new());
@@ -585,7 +636,9 @@ fn run_prefill_group(
                 budget: v.budget.expect("budgeted"),
                 heads: config.kv_heads,
             },
-            MethodKind::Gemfilter => unreachable!("filtered out"),
+            MethodKind::Gemfilter | MethodKind::Propagate | MethodKind::PropagateKept => {
+                unreachable!("filtered out")
+            }
         })
         .collect();
     let answers = model.generate_shared(
@@ -610,7 +663,69 @@ fn run_prefill_group(
         .collect())
 }
 
-/// Every GemFilter selector at every budget from one selection pass.
+/// The selector spec of a selecting variant.
+fn spec_of(variant: &Variant) -> Result<SelectorSpec> {
+    variant
+        .selector
+        .as_deref()
+        .unwrap_or("gemfilter")
+        .parse()
+        .map_err(EvalError::Model)
+}
+
+/// Whether a variant's selection shares the one selection pass per layer: GemFilter's rerun
+/// with a one-stage selector.
+fn shares_selection_pass(variant: &Variant) -> bool {
+    variant.method == MethodKind::Gemfilter && spec_of(variant).is_ok_and(|s| s.stages.is_empty())
+}
+
+/// Propagation, and GemFilter with a staged selector: each runs its own pass (its selection
+/// pass is part of the method), timed end to end.
+fn run_own_pass_group(
+    model: &Model,
+    prepared: &Prepared<'_>,
+    task: &Task,
+    config: &SuiteConfig,
+    pending: &[&Variant],
+) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for variant in pending
+        .iter()
+        .copied()
+        .filter(|v| v.method.selects() && !shares_selection_pass(v))
+    {
+        let spec = spec_of(variant)?;
+        let selector = spec.build(model.tokenizer(), &prepared.ids)?;
+        let (filter_layer, top_k) = (variant.layer, variant.budget.expect("budgeted"));
+        let mode = match variant.method.early_kv() {
+            Some(early_kv) => Mode::Propagate {
+                filter_layer,
+                top_k,
+                early_kv,
+            },
+            None => Mode::GemFilter {
+                filter_layer,
+                top_k,
+            },
+        };
+        let request = Request {
+            mode,
+            selector: Some(selector.into()),
+            ..request(config, prepared.sample.max_new_tokens)
+        };
+        let answer = model.generate_ids(&prepared.ids, &request)?;
+        let generation = &answer.generation;
+        let recall = generation
+            .selection
+            .as_ref()
+            .and_then(|s| prepared.recall(&s.positions));
+        let select = generation.timings.select;
+        out.push(record(prepared, task, variant, &answer, recall, select));
+    }
+    Ok(out)
+}
+
+/// Every one-stage GemFilter selector at every budget from one selection pass.
 fn run_selection_group(
     model: &Model,
     prepared: &Prepared<'_>,
@@ -621,7 +736,7 @@ fn run_selection_group(
     let group: Vec<&Variant> = pending
         .iter()
         .copied()
-        .filter(|v| v.method == MethodKind::Gemfilter)
+        .filter(|v| shares_selection_pass(v))
         .collect();
     if group.is_empty() {
         return Ok(Vec::new());
@@ -641,12 +756,7 @@ fn run_selection_group(
             .collect();
         let mut specs: Vec<SelectorSpec> = Vec::new();
         for variant in &at_layer {
-            let spec: SelectorSpec = variant
-                .selector
-                .as_deref()
-                .unwrap_or("gemfilter")
-                .parse()
-                .map_err(EvalError::Model)?;
+            let spec = spec_of(variant)?;
             if !specs.contains(&spec) {
                 specs.push(spec);
             }
