@@ -112,8 +112,8 @@ pub struct Row {
     pub prefill_gflops: f64,
     /// Peak resident memory during the run (MiB).
     pub peak_rss_mib: Option<f64>,
-    /// Size of the KV cache decoding runs on (MiB): every layer's keys and values for the
-    /// entries kept plus the decoded tokens.
+    /// Key/value storage the decoding ran on (MiB): what the cache allocated for every layer,
+    /// room for the decoded tokens included (f32 on CPU devices).
     pub kv_cache_mib: f64,
     /// Device memory the allocator holds after the run (MiB; GPU backends).
     pub device_reserved_mib: Option<f64>,
