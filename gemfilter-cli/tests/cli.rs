@@ -899,6 +899,79 @@ fn ruler(output: &std::path::Path, seed: &str) -> std::process::Output {
     ])
 }
 
+/// Propagation (both early-KV choices) and a staged selector run through the suite: each variant
+/// reports its decode KV cache, every early position costs more cache than the kept ones, and
+/// stages at or above the filter layer are refused before any work.
+#[test]
+fn ruler_runs_propagation_and_staged_selectors() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let model = fixture("llama-gqa");
+    let run = |selector: &str| {
+        gemfilter(&[
+            "ruler",
+            "--model",
+            model.to_str().unwrap(),
+            "--tasks",
+            "niah_single_1",
+            "--lengths",
+            "512",
+            "--samples",
+            "1",
+            "--budgets",
+            "64",
+            "--methods",
+            "gemfilter,propagate,propagate-kept",
+            "--selector",
+            "gemfilter",
+            "--selector",
+            selector,
+            "--filter-layer",
+            "2",
+            "--no-chat",
+            "--output",
+            out_dir.path().to_str().unwrap(),
+        ])
+    };
+    let out = run("stages=3:128");
+    assert_user_error(&out, "prunes at layer 3, not below the filter layer 2");
+    let out = run("window=8,stages=1:128");
+    assert_success(&out);
+    let records: Vec<serde_json::Value> =
+        std::fs::read_to_string(out_dir.path().join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(records.len(), 6, "3 methods × 2 selectors");
+    let kv = |method: &str, selector: &str| {
+        records
+            .iter()
+            .find(|r| r["variant"]["method"] == method && r["variant"]["selector"] == selector)
+            .unwrap_or_else(|| panic!("{method} {selector}"))["kv_cache_mib"]
+            .as_f64()
+            .unwrap()
+    };
+    for selector in ["gemfilter", "window=8,stages=1:128"] {
+        assert!(kv("propagate", selector) > kv("propagate_kept", selector));
+        assert_eq!(kv("propagate_kept", selector), kv("gemfilter", selector));
+    }
+    for record in &records {
+        let recall = record["recall"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&recall), "{record}");
+    }
+    let md = std::fs::read_to_string(out_dir.path().join("ruler.md")).unwrap();
+    for row in [
+        "| propagate@64/L2 |",
+        "| propagate-kept@64/L2 |",
+        "| gemfilter[window=8,stages=1:128]@64/L2 |",
+        "| propagate-kept[window=8,stages=1:128]@64/L2 |",
+        "KV MiB",
+    ] {
+        assert!(md.contains(row), "{row}: {md}");
+    }
+}
+
 #[test]
 fn ruler_runs_every_method_and_resumes() {
     let out_dir = tempfile::tempdir().unwrap();
