@@ -42,7 +42,9 @@ fn main() -> Result<()> {
     let staged = StagedSelector::new(
         paper,
         vec![SelectionStage {
-            layer: (filter_layer / 4).max(1).min(filter_layer.saturating_sub(1)),
+            layer: (filter_layer / 4)
+                .max(1)
+                .min(filter_layer.saturating_sub(1)),
             keep: (ids.len() / 2).max(top_k),
         }],
     );
