@@ -400,7 +400,7 @@ fn generate_on_worker(
             selector,
             ..
         } => {
-            checked_layers(selector, filter_layer)?;
+            // The pass checks the layers the selector reads against every stage.
             let pass = decoder.staged_pass(
                 prompt,
                 filter_layer,

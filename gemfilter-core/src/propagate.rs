@@ -34,7 +34,7 @@ use crate::kv::{KvCache, KvStore};
 use crate::nn::{AttentionKernel, Qkv};
 use crate::options::RunOptions;
 use crate::probe::{Capture, ProbeHook};
-use crate::selector::{Selection, SelectionStage, TokenSelector};
+use crate::selector::{Selection, SelectionStage, TokenSelector, best_first};
 
 /// Which keys and values of the layers below the filter layer a propagated prompt decodes with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -131,16 +131,7 @@ fn keep_tail(kept: Vec<usize>, scores: &[f32], keep: usize, tail: usize) -> Vec<
     let mut others: Vec<usize> = kept.into_iter().filter(|&i| i < tail_start).collect();
     let room = keep.saturating_sub(m - tail_start);
     if others.len() > room {
-        // Best first (ties to the earlier position), NaN last; keep the first `room`.
-        others.sort_by(|&a, &b| {
-            let (x, y) = (scores[a], scores[b]);
-            match (x.is_nan(), y.is_nan()) {
-                (true, true) => a.cmp(&b),
-                (true, false) => std::cmp::Ordering::Greater,
-                (false, true) => std::cmp::Ordering::Less,
-                (false, false) => y.total_cmp(&x).then(a.cmp(&b)),
-            }
-        });
+        others.sort_by(best_first(scores));
         others.truncate(room);
         others.sort_unstable();
     }
@@ -182,12 +173,12 @@ impl Decoder {
             })
         };
         let mut previous: Option<SelectionStage> = None;
-        for stage in stages {
+        for (index, stage) in stages.iter().enumerate() {
             self.check_probe(stage.layer, selector.query_window())?;
             if stage.keep == 0 {
                 return invalid(format!("the stage at layer {} keeps nothing", stage.layer));
             }
-            let is_final = std::ptr::eq(stage, stages.last().expect("the final stage"));
+            let is_final = index + 1 == stages.len();
             if !is_final && stage.keep < selector.query_window() {
                 return invalid(format!(
                     "the stage at layer {} keeps {} positions, fewer than the {} query positions \

@@ -25,7 +25,8 @@ use crate::probe::Probe;
 pub struct Selection {
     /// Kept input positions, strictly ascending.
     pub positions: Vec<usize>,
-    /// One score per input position (higher = more relevant); what the ranking used.
+    /// One score per input position (higher = more relevant); what the ranking used. A staged
+    /// selection scores `-inf` the positions an earlier stage dropped.
     pub scores: Vec<f32>,
 }
 
@@ -249,7 +250,7 @@ pub fn avg_pool1d_same(values: &[f32], kernel: usize) -> Vec<f32> {
 }
 
 /// Orders positions best first: larger value first, ties to the earlier position, NaN last.
-fn best_first(values: &[f32]) -> impl Fn(&usize, &usize) -> std::cmp::Ordering + '_ {
+pub(crate) fn best_first(values: &[f32]) -> impl Fn(&usize, &usize) -> std::cmp::Ordering + '_ {
     move |&a, &b| {
         let (x, y) = (values[a], values[b]);
         match (x.is_nan(), y.is_nan()) {
